@@ -1,0 +1,216 @@
+"""Mechanism descriptions: frozen dataclasses holding parameters only (no accounting here).
+
+The accounting lives in :mod:`dp_core.rdp.compose`; these records only say *what happened*, so
+the ledger can store them (as versioned JSON, see :func:`mechanism_to_dict`) and re-account later.
+Parameters are validated on construction, so an invalid description cannot exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from dp_core.errors import InvalidParameterError
+from dp_core.schedules import NoiseSchedule
+from dp_core.validation import non_negative_int, positive_float, probability
+
+__all__ = [
+    "MECHANISM_FORMAT_VERSION",
+    "Composed",
+    "Gaussian",
+    "Laplace",
+    "Mechanism",
+    "PoissonSampled",
+    "Repeated",
+    "SampledGaussianSchedule",
+    "mechanism_from_dict",
+    "mechanism_to_dict",
+]
+
+MECHANISM_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Gaussian mechanism with noise std ``noise_multiplier`` times the L2 sensitivity."""
+
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "noise_multiplier", positive_float("noise_multiplier", self.noise_multiplier)
+        )
+
+
+@dataclass(frozen=True)
+class Laplace:
+    """Laplace mechanism with scale ``noise_scale`` times the L1 sensitivity."""
+
+    noise_scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_scale", positive_float("noise_scale", self.noise_scale))
+
+
+@dataclass(frozen=True)
+class PoissonSampled:
+    """``inner`` run on a Poisson sample: each record included independently with ``sample_rate``."""
+
+    sample_rate: float
+    inner: Mechanism
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_rate", probability("sample_rate", self.sample_rate))
+        _check_mechanism("inner", self.inner)
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """``inner`` run ``count`` times (adaptively); RDP adds up (Mironov 2017, Prop. 1)."""
+
+    count: int
+    inner: Mechanism
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count", non_negative_int("count", self.count))
+        _check_mechanism("inner", self.inner)
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A sequence of mechanisms run one after the other."""
+
+    parts: tuple[Mechanism, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+        for part in self.parts:
+            _check_mechanism("parts", part)
+
+
+@dataclass(frozen=True)
+class SampledGaussianSchedule:
+    """DP-SGD steps [start_step, start_step + steps) of the Poisson-subsampled Gaussian.
+
+    Step t uses noise multiplier ``schedule`` at global step t, so a charge for one epoch of a run
+    with a decaying schedule is ``SampledGaussianSchedule(q, schedule, steps_per_epoch, e * S)``.
+    """
+
+    sample_rate: float
+    schedule: NoiseSchedule
+    steps: int
+    start_step: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_rate", probability("sample_rate", self.sample_rate))
+        object.__setattr__(self, "steps", non_negative_int("steps", self.steps))
+        object.__setattr__(self, "start_step", non_negative_int("start_step", self.start_step))
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise InvalidParameterError("schedule", self.schedule, "must be a NoiseSchedule")
+        # Fails now (not at accounting time) when the decay drives sigma to 0 within these steps.
+        if self.steps:
+            self.schedule.noise_multiplier_at(self.start_step + self.steps - 1)
+
+
+Mechanism: TypeAlias = (
+    Gaussian | Laplace | PoissonSampled | Repeated | Composed | SampledGaussianSchedule
+)
+MECHANISM_TYPES: tuple[type, ...] = (
+    Gaussian,
+    Laplace,
+    PoissonSampled,
+    Repeated,
+    Composed,
+    SampledGaussianSchedule,
+)
+
+
+def _check_mechanism(name: str, value: object) -> None:
+    if not isinstance(value, MECHANISM_TYPES):
+        raise InvalidParameterError(name, value, "must be a dp_core mechanism")
+
+
+def register_mechanism_type(cls: type) -> None:
+    """Let another module (e.g. PATE) add a mechanism record type to the accepted set."""
+    global MECHANISM_TYPES
+    if cls not in MECHANISM_TYPES:
+        MECHANISM_TYPES = (*MECHANISM_TYPES, cls)
+
+
+# --- versioned JSON (following dp_accounting's dp_event rules: a tagged, nested record) ---------
+
+_Encoder = Callable[[Any], dict[str, Any]]
+_Decoder = Callable[[dict[str, Any]], Any]
+
+
+def _encode_schedule_mech(m: SampledGaussianSchedule) -> dict[str, Any]:
+    return {
+        "sample_rate": m.sample_rate,
+        "schedule": m.schedule.to_dict(),
+        "steps": m.steps,
+        "start_step": m.start_step,
+    }
+
+
+_ENCODERS: dict[type, tuple[str, _Encoder]] = {
+    Gaussian: ("gaussian", lambda m: {"noise_multiplier": m.noise_multiplier}),
+    Laplace: ("laplace", lambda m: {"noise_scale": m.noise_scale}),
+    PoissonSampled: (
+        "poisson_sampled",
+        lambda m: {"sample_rate": m.sample_rate, "inner": _encode(m.inner)},
+    ),
+    Repeated: ("repeated", lambda m: {"count": m.count, "inner": _encode(m.inner)}),
+    Composed: ("composed", lambda m: {"parts": [_encode(p) for p in m.parts]}),
+    SampledGaussianSchedule: ("sampled_gaussian_schedule", _encode_schedule_mech),
+}
+
+_DECODERS: dict[str, _Decoder] = {
+    "gaussian": lambda d: Gaussian(d["noise_multiplier"]),
+    "laplace": lambda d: Laplace(d["noise_scale"]),
+    "poisson_sampled": lambda d: PoissonSampled(d["sample_rate"], _decode(d["inner"])),
+    "repeated": lambda d: Repeated(d["count"], _decode(d["inner"])),
+    "composed": lambda d: Composed(tuple(_decode(p) for p in d["parts"])),
+    "sampled_gaussian_schedule": lambda d: SampledGaussianSchedule(
+        d["sample_rate"], NoiseSchedule.from_dict(d["schedule"]), d["steps"], d.get("start_step", 0)
+    ),
+}
+
+
+def register_mechanism_codec(cls: type, tag: str, encoder: _Encoder, decoder: _Decoder) -> None:
+    """Register the JSON tag, encoder and decoder of an additional mechanism type."""
+    register_mechanism_type(cls)
+    _ENCODERS[cls] = (tag, encoder)
+    _DECODERS[tag] = decoder
+
+
+def _encode(mechanism: Any) -> dict[str, Any]:
+    try:
+        tag, encoder = _ENCODERS[type(mechanism)]
+    except KeyError:
+        raise InvalidParameterError("mechanism", mechanism, "is not a dp_core mechanism") from None
+    return {"type": tag, **encoder(mechanism)}
+
+
+def _decode(data: Any) -> Any:
+    if not isinstance(data, dict) or data.get("type") not in _DECODERS:
+        raise InvalidParameterError("mechanism", data, "unknown or malformed mechanism record")
+    try:
+        return _DECODERS[data["type"]](data)
+    except KeyError as missing:
+        raise InvalidParameterError("mechanism", data, f"missing field {missing}") from None
+
+
+def mechanism_to_dict(mechanism: Mechanism) -> dict[str, Any]:
+    """Return the versioned JSON-ready description of ``mechanism``."""
+    return {"version": MECHANISM_FORMAT_VERSION, "mechanism": _encode(mechanism)}
+
+
+def mechanism_from_dict(data: dict[str, Any]) -> Mechanism:
+    """Inverse of :func:`mechanism_to_dict`; refuses unknown versions."""
+    if not isinstance(data, dict) or data.get("version") != MECHANISM_FORMAT_VERSION:
+        raise InvalidParameterError(
+            "version", data.get("version") if isinstance(data, dict) else data, "unsupported mechanism format version"
+        )
+    result: Mechanism = _decode(data.get("mechanism"))
+    return result
