@@ -1,0 +1,105 @@
+"""dp_core: privacy accounting for DP machine learning (numpy/scipy only).
+
+The facade below covers the common DP-SGD questions; the building blocks live in
+:mod:`dp_core.mechanisms`, :mod:`dp_core.rdp`, :mod:`dp_core.conversion`,
+:mod:`dp_core.accountant` and :mod:`dp_core.calibration`.
+"""
+
+from __future__ import annotations
+
+from dp_core.accountant import DeltaReport, EpsilonReport, RdpAccountant
+from dp_core.calibration import (
+    NoiseCalibration,
+    StepsCalibration,
+    calibrate_noise_multiplier,
+    epsilon_of_schedule,
+    max_steps_within_budget,
+)
+from dp_core.errors import (
+    CalibrationError,
+    DpCoreError,
+    InvalidParameterError,
+    UnsupportedMechanismError,
+)
+from dp_core.mechanisms import (
+    Composed,
+    Gaussian,
+    Laplace,
+    PoissonSampled,
+    Repeated,
+    SampledGaussianSchedule,
+)
+from dp_core.rdp.orders import DEFAULT_ORDERS
+from dp_core.schedules import NoiseSchedule
+from dp_core.validation import non_negative_int
+
+__all__ = [
+    "DEFAULT_ORDERS",
+    "CalibrationError",
+    "Composed",
+    "DeltaReport",
+    "DpCoreError",
+    "EpsilonReport",
+    "Gaussian",
+    "InvalidParameterError",
+    "Laplace",
+    "NoiseCalibration",
+    "NoiseSchedule",
+    "PoissonSampled",
+    "RdpAccountant",
+    "Repeated",
+    "SampledGaussianSchedule",
+    "StepsCalibration",
+    "UnsupportedMechanismError",
+    "calibrate_noise_multiplier",
+    "compute_epsilon",
+    "max_steps",
+]
+
+
+def compute_epsilon(
+    *,
+    sample_rate: float,
+    noise_multiplier: float,
+    steps: int,
+    delta: float,
+    schedule: str = "constant",
+    decay_rate: float = 0.0,
+    orders: object = None,
+) -> EpsilonReport:
+    """Epsilon of ``steps`` DP-SGD steps at sampling rate q with the given noise schedule.
+
+    Returns:
+        An :class:`EpsilonReport`: ``epsilon`` (refined over real orders), ``epsilon_grid`` (best
+        on the grid), ``order``, ``order_grid``, ``delta`` and ``at_grid_edge``.
+    """
+    steps = non_negative_int("steps", steps)
+    return epsilon_of_schedule(
+        sample_rate=sample_rate,
+        schedule=NoiseSchedule(schedule, noise_multiplier, decay_rate),
+        steps=steps,
+        delta=delta,
+        orders=orders,
+    )
+
+
+def max_steps(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    noise_multiplier: float,
+    schedule: str = "constant",
+    decay_rate: float = 0.0,
+    orders: object = None,
+) -> StepsCalibration:
+    """Largest number of steps whose epsilon stays within ``target_epsilon`` (see calibration)."""
+    return max_steps_within_budget(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        schedule=schedule,
+        decay_rate=decay_rate,
+        orders=orders,
+    )

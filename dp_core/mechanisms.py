@@ -109,8 +109,8 @@ class SampledGaussianSchedule:
         if not isinstance(self.schedule, NoiseSchedule):
             raise InvalidParameterError("schedule", self.schedule, "must be a NoiseSchedule")
         # Fails now (not at accounting time) when the decay drives sigma to 0 within these steps.
-        if self.steps:
-            self.schedule.noise_multiplier_at(self.start_step + self.steps - 1)
+        if self.steps and not self.schedule.is_constant:
+            self.schedule.noise_multipliers(self.start_step, self.start_step + self.steps)
 
 
 Mechanism: TypeAlias = (

@@ -1,0 +1,1 @@
+"""The dpledger command line: `dpledger --help`."""
