@@ -88,7 +88,9 @@ def refine_epsilon(
     """
     grid = rdp_to_epsilon(orders=orders, rdp=rdp, delta=delta, warn=warn)
     if not math.isfinite(grid.epsilon) or grid.epsilon == 0.0:
-        return EpsilonReport(grid.epsilon, grid.epsilon, grid.order, grid.order, delta, grid.at_grid_edge)
+        return EpsilonReport(
+            grid.epsilon, grid.epsilon, grid.order, grid.order, delta, grid.at_grid_edge
+        )
     log_delta = math.log(delta)
 
     def objective(order: float) -> float:
@@ -96,11 +98,17 @@ def refine_epsilon(
         return float(value) if math.isfinite(value) else math.inf
 
     lo, hi = _bracket(orders, grid.order)
-    result = optimize.minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    result = optimize.minimize_scalar(
+        objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}
+    )
     refined = max(0.0, float(result.fun))
     if refined < grid.epsilon:
-        return EpsilonReport(refined, grid.epsilon, float(result.x), grid.order, delta, grid.at_grid_edge)
-    return EpsilonReport(grid.epsilon, grid.epsilon, grid.order, grid.order, delta, grid.at_grid_edge)
+        return EpsilonReport(
+            refined, grid.epsilon, float(result.x), grid.order, delta, grid.at_grid_edge
+        )
+    return EpsilonReport(
+        grid.epsilon, grid.epsilon, grid.order, grid.order, delta, grid.at_grid_edge
+    )
 
 
 class RdpAccountant:
@@ -159,18 +167,26 @@ class RdpAccountant:
         epsilon = finite_float("epsilon", epsilon)
         grid = rdp_to_delta(orders=self._orders, rdp=self._rdp, epsilon=epsilon, warn=warn)
         if grid.delta in (0.0, 1.0):
-            return DeltaReport(grid.delta, grid.delta, grid.order, grid.order, epsilon, grid.at_grid_edge)
+            return DeltaReport(
+                grid.delta, grid.delta, grid.order, grid.order, epsilon, grid.at_grid_edge
+            )
 
         def objective(order: float) -> float:
             rdp = np.array([self.rdp_at(order)])
             return float(log_delta_at_orders(np.array([order]), rdp, epsilon)[0])
 
         lo, hi = _bracket(self._orders, grid.order)
-        result = optimize.minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+        result = optimize.minimize_scalar(
+            objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}
+        )
         refined = math.exp(min(0.0, float(result.fun)))
         if refined < grid.delta:
-            return DeltaReport(refined, grid.delta, float(result.x), grid.order, epsilon, grid.at_grid_edge)
-        return DeltaReport(grid.delta, grid.delta, grid.order, grid.order, epsilon, grid.at_grid_edge)
+            return DeltaReport(
+                refined, grid.delta, float(result.x), grid.order, epsilon, grid.at_grid_edge
+            )
+        return DeltaReport(
+            grid.delta, grid.delta, grid.order, grid.order, epsilon, grid.at_grid_edge
+        )
 
     # --- state -------------------------------------------------------------------------------
 
@@ -190,7 +206,9 @@ class RdpAccountant:
     def from_dict(cls, state: dict[str, Any]) -> RdpAccountant:
         """Rebuild an accountant; its RDP is recomputed from the stored mechanisms."""
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise InvalidParameterError("state", state, "not a dpledger accountant state (version 1)")
+            raise InvalidParameterError(
+                "state", state, "not a dpledger accountant state (version 1)"
+            )
         accountant = cls(orders=state.get("orders"))
         for entry in state.get("entries", []):
             accountant.compose(mechanism_from_dict(entry["mechanism"]), entry["count"])

@@ -167,13 +167,20 @@ def max_steps_within_budget(
 
     def report(steps: int, warn: bool = False) -> EpsilonReport:
         return epsilon_of_schedule(
-            sample_rate=sample_rate, schedule=noise, steps=steps, delta=delta, orders=orders, warn=warn
+            sample_rate=sample_rate,
+            schedule=noise,
+            steps=steps,
+            delta=delta,
+            orders=orders,
+            warn=warn,
         )
 
     def fits(steps: int) -> bool:
         return steps == 0 or report(steps).epsilon <= target
 
-    start = _constant_grid_guess(noise, sample_rate, target, delta, orders) if noise.is_constant else 0
+    start = (
+        _constant_grid_guess(noise, sample_rate, target, delta, orders) if noise.is_constant else 0
+    )
     lo = min(start, limit)
     if not fits(lo):
         lo = 0
@@ -186,7 +193,9 @@ def max_steps_within_budget(
     if hi > limit:
         if fits(limit):
             final = report(limit, warn=True) if limit else None
-            return StepsCalibration(limit, final.epsilon if final else 0.0, final.order if final else math.nan, True)
+            return StepsCalibration(
+                limit, final.epsilon if final else 0.0, final.order if final else math.nan, True
+            )
         hi = limit
     while hi - lo > 1:
         mid = (lo + hi) // 2

@@ -88,7 +88,9 @@ def _checked(orders: object, rdp: object) -> tuple[FloatArray, FloatArray]:
     a = validate_orders(orders)
     r = np.asarray(rdp, dtype=np.float64).reshape(-1)
     if r.shape != a.shape:
-        raise InvalidParameterError("rdp", f"shape {r.shape}", f"must match orders (shape {a.shape})")
+        raise InvalidParameterError(
+            "rdp", f"shape {r.shape}", f"must match orders (shape {a.shape})"
+        )
     if np.any(np.isnan(r)) or np.any(r < 0.0):
         raise InvalidParameterError("rdp", "array", "RDP values must be >= 0 and not NaN")
     return a, r
@@ -103,7 +105,9 @@ def _warn_edge(at_edge: bool, order: float) -> None:
         )
 
 
-def rdp_to_epsilon(*, orders: object, rdp: object, delta: float, warn: bool = True) -> EpsilonResult:
+def rdp_to_epsilon(
+    *, orders: object, rdp: object, delta: float, warn: bool = True
+) -> EpsilonResult:
     """Return the smallest epsilon such that the RDP curve implies (epsilon, delta)-DP.
 
     Args:
@@ -116,9 +120,12 @@ def rdp_to_epsilon(*, orders: object, rdp: object, delta: float, warn: bool = Tr
     a, r = _checked(order_arr, rdp)
     r = r[np.argsort(order_arr, kind="stable")] if not np.all(np.diff(order_arr) > 0) else r
     log_delta = math.log(open_probability("delta", delta))
+    if not np.any(r > 0.0):  # nothing was spent: (0, 0)-DP, whatever the conversion says
+        return EpsilonResult(0.0, float(delta), float(a[-1]), False)
     eps = epsilon_at_orders(a, r, log_delta)
     i = int(np.argmin(eps))
-    at_edge = bool(a.size > 1 and (i == 0 or i == a.size - 1) and math.isfinite(eps[i]))
+    # An edge optimum matters only when the bound is positive (epsilon 0 cannot be improved).
+    at_edge = bool(a.size > 1 and (i == 0 or i == a.size - 1) and 0.0 < eps[i] < math.inf)
     if warn:
         _warn_edge(at_edge, float(a[i]))
     return EpsilonResult(max(0.0, float(eps[i])), float(delta), float(a[i]), at_edge)

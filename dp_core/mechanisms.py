@@ -210,7 +210,9 @@ def mechanism_from_dict(data: dict[str, Any]) -> Mechanism:
     """Inverse of :func:`mechanism_to_dict`; refuses unknown versions."""
     if not isinstance(data, dict) or data.get("version") != MECHANISM_FORMAT_VERSION:
         raise InvalidParameterError(
-            "version", data.get("version") if isinstance(data, dict) else data, "unsupported mechanism format version"
+            "version",
+            data.get("version") if isinstance(data, dict) else data,
+            "unsupported mechanism format version",
         )
     result: Mechanism = _decode(data.get("mechanism"))
     return result

@@ -76,7 +76,9 @@ class NoiseSchedule:
             )
         if kind == "geometric" and rate >= 1.0:
             raise InvalidParameterError(
-                "decay_rate", self.decay_rate, "must be < 1 for the geometric schedule (sigma would reach 0)"
+                "decay_rate",
+                self.decay_rate,
+                "must be < 1 for the geometric schedule (sigma would reach 0)",
             )
         object.__setattr__(self, "decay_rate", rate)
 
@@ -125,11 +127,13 @@ class NoiseSchedule:
             return np.full(t.shape, s0)
         with np.errstate(under="ignore", over="ignore"):
             if self.kind == "inverse-time":
-                return s0 / (1.0 + k * t)
-            if self.kind == "geometric":
+                values = s0 / (1.0 + k * t)
+            elif self.kind == "geometric":
                 # exp(t log1p(-k)) is (1-k)^t without the power's loss of accuracy for small k.
-                return s0 * np.exp(t * np.log1p(-k))
-            return s0 * np.exp(-k * t)
+                values = s0 * np.exp(t * np.log1p(-k))
+            else:
+                values = s0 * np.exp(-k * t)
+        return np.asarray(values, dtype=np.float64)
 
     def noise_multiplier_at(self, step: int) -> float:
         """Return sigma at one global step."""
@@ -154,7 +158,11 @@ class NoiseSchedule:
         """Return a JSON-ready description."""
         if self.kind == "explicit":
             return {"kind": "explicit", "values": list(self.values)}
-        return {"kind": self.kind, "noise_multiplier": self.noise_multiplier, "decay_rate": self.decay_rate}
+        return {
+            "kind": self.kind,
+            "noise_multiplier": self.noise_multiplier,
+            "decay_rate": self.decay_rate,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoiseSchedule:

@@ -18,19 +18,24 @@ from dp_core import (
 )
 from dp_core.conversion import GridEdgeWarning
 
-SampleRate = Annotated[float, typer.Option("--sample-rate", help="Poisson sampling rate q = batch / N.")]
+SampleRate = Annotated[
+    float, typer.Option("--sample-rate", help="Poisson sampling rate q = batch / N.")
+]
 Delta = Annotated[float, typer.Option("--delta", help="Target delta, in (0, 1).")]
 Schedule = Annotated[
     str,
     typer.Option(
-        "--schedule", help="constant, inverse-time, geometric or exponential (Time/Step/Exp accepted)."
+        "--schedule",
+        help="constant, inverse-time, geometric or exponential (Time/Step/Exp accepted).",
     ),
 ]
 DecayRate = Annotated[float, typer.Option("--decay-rate", help="Decay rate k of the schedule.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
-def _run(compute: Callable[[], dict[str, Any]], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
+def _run(
+    compute: Callable[[], dict[str, Any]], as_json: bool, human: Callable[[dict[str, Any]], str]
+) -> None:
     """Run a computation; dp_core errors become one line on stderr and exit code 2."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GridEdgeWarning)
@@ -50,7 +55,9 @@ def _finite(value: float) -> float | None:
 
 def epsilon(
     sample_rate: SampleRate,
-    noise_multiplier: Annotated[float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")],
+    noise_multiplier: Annotated[
+        float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")
+    ],
     steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps.")],
     delta: Delta,
     schedule: Schedule = "constant",
@@ -87,7 +94,9 @@ def epsilon(
 
 
 def noise_multiplier(
-    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="Epsilon to stay within.")],
+    target_epsilon: Annotated[
+        float, typer.Option("--target-epsilon", help="Epsilon to stay within.")
+    ],
     delta: Delta,
     sample_rate: SampleRate,
     steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps.")],
@@ -116,10 +125,14 @@ def noise_multiplier(
 
 
 def max_steps_command(
-    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="Epsilon to stay within.")],
+    target_epsilon: Annotated[
+        float, typer.Option("--target-epsilon", help="Epsilon to stay within.")
+    ],
     delta: Delta,
     sample_rate: SampleRate,
-    noise_multiplier: Annotated[float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")],
+    noise_multiplier: Annotated[
+        float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")
+    ],
     schedule: Schedule = "constant",
     decay_rate: DecayRate = 0.0,
     as_json: AsJson = False,

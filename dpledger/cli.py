@@ -19,21 +19,20 @@ cli = typer.Typer(
 
 
 def _register_all() -> None:
+    import importlib
+
     from dpledger import accounting_cli
 
     accounting_cli.register(cli)
-    try:
-        from app import cli as service_cli
-    except ImportError:  # the service part is optional for a dp_core-only install
-        service_cli = None  # type: ignore[assignment]
-    if service_cli is not None and hasattr(service_cli, "register"):
-        service_cli.register(cli)
-    try:
-        from dp_core.trainer import cli as trainer_cli
-    except ImportError:
-        trainer_cli = None  # type: ignore[assignment]
-    if trainer_cli is not None and hasattr(trainer_cli, "register"):
-        trainer_cli.register(cli)
+    # Service and trainer commands; each module imports its heavy dependencies only when run.
+    for name in ("app.cli", "dp_core.trainer.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as missing:
+            if missing.name is None or not name.startswith(missing.name):
+                raise
+            continue
+        module.register(cli)
 
 
 _register_all()

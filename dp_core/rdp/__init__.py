@@ -1,0 +1,1 @@
+"""RDP of individual mechanisms and their composition."""

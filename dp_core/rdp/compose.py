@@ -109,4 +109,6 @@ def compute_rdp(mechanism: Mechanism, orders: object) -> FloatArray:
         InvalidParameterError: if ``orders`` is invalid.
     """
     validate_orders(orders)
-    return np.asarray(_rdp(mechanism, np.asarray(orders, dtype=np.float64).reshape(-1)), dtype=np.float64)
+    return np.asarray(
+        _rdp(mechanism, np.asarray(orders, dtype=np.float64).reshape(-1)), dtype=np.float64
+    )

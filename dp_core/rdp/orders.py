@@ -23,7 +23,9 @@ def _frozen(values: list[float]) -> FloatArray:
 
 
 DP_ACCOUNTING_ORDERS: FloatArray = _frozen(
-    [1.0 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)] + [128.0, 256.0, 512.0, 1024.0]
+    [1.0 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(11, 64)]
+    + [128.0, 256.0, 512.0, 1024.0]
 )
 
 _EXTRA_ORDERS = [1.01, 1.02, 1.05, 72.0, 80.0, 96.0, 112.0, 160.0, 192.0, 384.0, 768.0, 2048.0]

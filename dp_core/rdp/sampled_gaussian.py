@@ -28,7 +28,6 @@ import numpy as np
 from scipy import special
 
 from dp_core.errors import DpCoreError
-from dp_core.rdp.gaussian import rdp_gaussian
 from dp_core.rdp.orders import FloatArray
 
 _EULER_WINDOW = 24
@@ -37,12 +36,14 @@ _SIGMA_CHUNK = 64
 _REL_TOL = 1e-13
 
 
-def rdp_sampled_gaussian(*, sample_rate: float, noise_multiplier: float, orders: FloatArray) -> FloatArray:
+def rdp_sampled_gaussian(
+    *, sample_rate: float, noise_multiplier: float, orders: FloatArray
+) -> FloatArray:
     """Return the RDP at ``orders`` of one step of the Poisson-subsampled Gaussian mechanism."""
     matrix = rdp_sampled_gaussian_matrix(
         sample_rate=sample_rate, noise_multipliers=np.array([noise_multiplier]), orders=orders
     )
-    return matrix[0]
+    return np.asarray(matrix[0], dtype=np.float64)
 
 
 def rdp_sampled_gaussian_matrix(
@@ -58,7 +59,7 @@ def rdp_sampled_gaussian_matrix(
     if sample_rate == 0.0 or sigmas.size == 0:
         return out
     if sample_rate == 1.0:
-        return np.stack([rdp_gaussian(noise_multiplier=s, orders=a) for s in sigmas])
+        return np.asarray(a[None, :] / (2.0 * sigmas[:, None] ** 2), dtype=np.float64)
     is_int = a == np.round(a)
     if np.any(is_int):
         int_orders = tuple(int(x) for x in a[is_int])
@@ -169,7 +170,9 @@ def _fractional_series(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # log|C(alpha, i)|; gammaln is log|Gamma| so negative non-integer arguments are fine, and
         # an integer alpha gives -inf beyond alpha (the coefficient is 0).
-        log_coef = special.gammaln(al + 1.0) - special.gammaln(i + 1.0) - special.gammaln(al - i + 1.0)
+        log_coef = (
+            special.gammaln(al + 1.0) - special.gammaln(i + 1.0) - special.gammaln(al - i + 1.0)
+        )
         negatives = np.maximum(0.0, i - np.ceil(al))
         sign = np.where(negatives % 2 == 0, 1.0, -1.0)
         j = al - i
@@ -183,7 +186,9 @@ def _fractional_series(
         log_t1 = log_coef + i * math.log(q) + j * math.log1p(-q) + log_d
         log_t2 = log_coef + j * math.log(q) + i * math.log1p(-q) + (j * j - j) * v
         log_t2 = log_t2 + special.log_ndtr((j - z0) / sig)
-        log_const = special.log_ndtr(-z0 / sig)[:, :, 0] if minus_one else np.full(z0.shape[:2], -np.inf)
+        log_const = (
+            special.log_ndtr(-z0 / sig)[:, :, 0] if minus_one else np.full(z0.shape[:2], -np.inf)
+        )
         shift = np.maximum(np.max(np.maximum(log_t1, log_t2), axis=2), log_const)[:, :, None]
         scaled = sign * (sign_d * np.exp(log_t1 - shift) + np.exp(log_t2 - shift))
     partial = np.cumsum(np.nan_to_num(scaled), axis=2)
@@ -196,7 +201,9 @@ def _fractional_series(
     shift2 = shift[:, :, 0]
     if minus_one:
         total = total - np.exp(log_const - shift2)  # A - 1 (scaled)
-        accuracy = _REL_TOL * np.abs(total) + 64 * np.finfo(float).eps * np.max(np.abs(scaled), axis=2)
+        accuracy = _REL_TOL * np.abs(total) + 64 * np.finfo(float).eps * np.max(
+            np.abs(scaled), axis=2
+        )
     else:  # total is A (scaled); A - 1 may cancel, accept the rounding of A itself
         accuracy = np.maximum(_REL_TOL * np.abs(total - np.exp(-shift2)), 8e-16 * np.abs(total))
     converged = np.isfinite(total) & (error <= accuracy)

@@ -67,7 +67,9 @@ def rdp_sampled_gaussian_sum(
     u = np.log(sigmas)
     lo, hi = float(u.min()), float(u.max())
     if sigmas.size <= exact_limit or hi - lo < 1e-12:
-        exact = rdp_sampled_gaussian_matrix(sample_rate=sample_rate, noise_multipliers=sigmas, orders=a)
+        exact = rdp_sampled_gaussian_matrix(
+            sample_rate=sample_rate, noise_multipliers=sigmas, orders=a
+        )
         return np.asarray(weights @ exact, dtype=np.float64)
     fits = [_fit_order(sample_rate, float(alpha), lo, hi) for alpha in a]
     weights_by_depth: dict[int, tuple[np.ndarray, FloatArray]] = {}
@@ -87,7 +89,9 @@ def rdp_sampled_gaussian_sum(
 
 
 def _exact(q: float, u: FloatArray, alpha: float) -> FloatArray:
-    matrix = rdp_sampled_gaussian_matrix(sample_rate=q, noise_multipliers=np.exp(u), orders=np.array([alpha]))
+    matrix = rdp_sampled_gaussian_matrix(
+        sample_rate=q, noise_multipliers=np.exp(u), orders=np.array([alpha])
+    )
     return matrix[:, 0]
 
 
@@ -115,7 +119,10 @@ def _fit_order(q: float, alpha: float, lo: float, hi: float) -> _OrderFit:
         ]
         split = pending[~ok]
         pending = np.concatenate(
-            [np.stack([split[:, 0] + 1, 2 * split[:, 1]], 1), np.stack([split[:, 0] + 1, 2 * split[:, 1] + 1], 1)]
+            [
+                np.stack([split[:, 0] + 1, 2 * split[:, 1]], 1),
+                np.stack([split[:, 0] + 1, 2 * split[:, 1] + 1], 1),
+            ]
         )
     return _OrderFit(
         np.array([leaf[0] for leaf in leaves]),
@@ -144,7 +151,9 @@ def _node_weights(
     return occupied, moments @ _TO_COEFFS
 
 
-def _locate(fit: _OrderFit, flat_u: FloatArray, lo: float, hi: float) -> tuple[np.ndarray, FloatArray]:
+def _locate(
+    fit: _OrderFit, flat_u: FloatArray, lo: float, hi: float
+) -> tuple[np.ndarray, FloatArray]:
     """Leaf index and local coordinate in [-1, 1] of each point."""
     finest = int(fit.depths.max())
     first_cell = fit.indices << (finest - fit.depths)
@@ -172,7 +181,9 @@ def _evaluate(fit: _OrderFit, node_u: FloatArray, lo: float, hi: float) -> Float
     return _clenshaw(fit.coeffs[leaf], x).reshape(node_u.shape)
 
 
-def _evaluate_points(fit: _OrderFit, q: float, alpha: float, u: FloatArray, lo: float, hi: float) -> FloatArray:
+def _evaluate_points(
+    fit: _OrderFit, q: float, alpha: float, u: FloatArray, lo: float, hi: float
+) -> FloatArray:
     """Interpolant at each point, exact evaluation inside leaves that missed the tolerance."""
     leaf, x = _locate(fit, u, lo, hi)
     values = _clenshaw(fit.coeffs[leaf], x)

@@ -11,9 +11,14 @@ import dp_core
 from dp_core.rdp.orders import DEFAULT_ORDERS, DP_ACCOUNTING_ORDERS
 
 _ROOT = Path(__file__).resolve().parents[3]
-REFERENCE = next(
-    (p for p in (_ROOT / "shared", _ROOT.parent / "shared") if (p / "reference").is_dir()), _ROOT.parent / "shared"
-) / "reference" / "public_cases.json"
+REFERENCE = (
+    next(
+        (p for p in (_ROOT / "shared", _ROOT.parent / "shared") if (p / "reference").is_dir()),
+        _ROOT.parent / "shared",
+    )
+    / "reference"
+    / "public_cases.json"
+)
 
 
 def load_cases() -> list[dict]:

@@ -16,11 +16,20 @@ from tests.unit.dp_core.oracles import (
     rdp_sampled_gaussian_quad,
 )
 
-REGIMES = [(0.004166666666666667, 1.3), (0.01, 1.0), (0.3, 1.5), (0.1, 0.8), (0.001, 5.0), (0.05, 2.0)]
+REGIMES = [
+    (0.004166666666666667, 1.3),
+    (0.01, 1.0),
+    (0.3, 1.5),
+    (0.1, 0.8),
+    (0.001, 5.0),
+    (0.05, 2.0),
+]
 
 
 def ours(q: float, sigma: float, alpha: float) -> float:
-    return float(rdp_sampled_gaussian(sample_rate=q, noise_multiplier=sigma, orders=np.array([alpha]))[0])
+    return float(
+        rdp_sampled_gaussian(sample_rate=q, noise_multiplier=sigma, orders=np.array([alpha]))[0]
+    )
 
 
 @pytest.mark.parametrize(("q", "sigma"), REGIMES)
@@ -41,7 +50,9 @@ def test_integer_orders_match_quadrature_and_binomial_sum(q, sigma, alpha):
 
 @pytest.mark.parametrize("alpha", [128, 1024, 2048])
 def test_large_orders_match_binomial_sum(alpha):
-    assert ours(0.02, 2.0, alpha) == pytest.approx(rdp_sampled_gaussian_binomial(0.02, 2.0, alpha), rel=1e-12)
+    assert ours(0.02, 2.0, alpha) == pytest.approx(
+        rdp_sampled_gaussian_binomial(0.02, 2.0, alpha), rel=1e-12
+    )
 
 
 def test_orders_near_integers_are_continuous():
@@ -71,12 +82,16 @@ def test_matrix_is_the_same_as_one_sigma_at_a_time():
     matrix = rdp_sampled_gaussian_matrix(sample_rate=0.02, noise_multipliers=sigmas, orders=orders)
     for row, sigma in zip(matrix, sigmas, strict=True):
         np.testing.assert_allclose(
-            row, rdp_sampled_gaussian(sample_rate=0.02, noise_multiplier=sigma, orders=orders), rtol=1e-14
+            row,
+            rdp_sampled_gaussian(sample_rate=0.02, noise_multiplier=sigma, orders=orders),
+            rtol=1e-14,
         )
 
 
 def test_gaussian_closed_form():
-    np.testing.assert_allclose(rdp_gaussian(noise_multiplier=2.0, orders=np.array([2.0, 8.0])), [0.25, 1.0])
+    np.testing.assert_allclose(
+        rdp_gaussian(noise_multiplier=2.0, orders=np.array([2.0, 8.0])), [0.25, 1.0]
+    )
 
 
 @pytest.mark.parametrize("b", [0.5, 1.0, 3.0])

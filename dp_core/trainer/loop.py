@@ -1,0 +1,510 @@
+"""The DP-SGD training loop (Abadi et al. 2016, Algorithm 1) and its Python API.
+
+Each logical step t: draw a Poisson batch (rate q), compute the sum of per-example clipped
+gradients (clip norm C), add N(0, (s sigma_t C)^2) once, divide by the expected batch size qN,
+and let any torch optimizer step on the result. Before each epoch the loop asks its
+:class:`~dp_core.trainer.budget_gate.BudgetGate` (the only point where it meets the ledger) and
+stops cleanly, with a checkpoint, when refused.
+
+Two shapes of use, as Opacus users know them::
+
+    trainer = make_private(model=model, optimizer=optimizer, dataset=train, loss_fn=F.cross_entropy,
+                           noise_multiplier=1.1, max_grad_norm=1.0, expected_batch_size=256,
+                           epochs=10, delta=1e-5,
+                           gate=LocalBudgetGate(target_epsilon=3.0, delta=1e-5))
+    for epoch in trainer.epochs():       # asks the gate before yielding each epoch
+        for batch in epoch:              # Poisson-sampled logical batches
+            stats = trainer.step(batch)
+    # or, in one call:
+    result = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+from dp_core.errors import InvalidParameterError
+from dp_core.schedules import NoiseSchedule
+from dp_core.trainer.adaptive_clipping import (
+    AdaptiveClipping,
+    gradient_noise_multiplier,
+    update_clip_norm,
+)
+from dp_core.trainer.bookkeeping import BookkeepingEngine, supports
+from dp_core.trainer.budget_gate import BudgetGate, GateDecision, RunPlan
+from dp_core.trainer.checkpoint import load_checkpoint, save_checkpoint
+from dp_core.trainer.clipping import (
+    MICROBATCH_SENSITIVITY,
+    FuncEngine,
+    GradientEngine,
+    MicrobatchAccumulator,
+)
+from dp_core.trainer.noise import add_noise
+from dp_core.trainer.per_sample import LossFn, check_model_supported
+from dp_core.trainer.sampling import poisson_batch, split_physical, steps_per_epoch
+from dp_core.validation import non_negative_int, open_probability, positive_float
+
+__all__ = ["DPTrainer", "EpochStats", "LogicalBatch", "StepStats", "TrainResult", "make_private"]
+
+ENGINES = ("auto", "bookkeeping", "func")
+
+
+@dataclass(frozen=True)
+class LogicalBatch:
+    """One Poisson-sampled logical batch: its global step and the indices of its examples."""
+
+    step: int
+    indices: Tensor
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one DP-SGD step saw (training loss/accuracy are of the sampled private examples)."""
+
+    step: int
+    batch_size: int
+    loss_sum: float
+    correct: int
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+@dataclass
+class EpochStats:
+    """Totals of one epoch."""
+
+    epoch: int
+    examples: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    epsilon: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """Mean training loss of the epoch's sampled examples."""
+        return self.loss_sum / max(self.examples, 1)
+
+    @property
+    def accuracy(self) -> float:
+        """Training accuracy of the epoch's sampled examples (classification)."""
+        return self.correct / max(self.examples, 1)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended."""
+
+    epochs_completed: int
+    stop_reason: str
+    epsilon: float
+    delta: float
+    checkpoint_path: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _NoBudgetGate:
+    """Gate used when none is given: charges everything (epsilon is still reported)."""
+
+    def open(self, plan: RunPlan) -> GateDecision:
+        return GateDecision(True, "admitted")
+
+    def before_epoch(self, epoch: int) -> GateDecision:
+        return GateDecision(True, "charged")
+
+    def finish(self) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "none"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def _resolve_schedule(
+    noise_multiplier: float | None, schedule: NoiseSchedule | None
+) -> NoiseSchedule:
+    if (noise_multiplier is None) == (schedule is None):
+        raise InvalidParameterError(
+            "noise_multiplier", noise_multiplier, "give exactly one of noise_multiplier or schedule"
+        )
+    if schedule is not None:
+        return schedule
+    return NoiseSchedule("constant", positive_float("noise_multiplier", noise_multiplier))
+
+
+def _resolve_sample_rate(
+    n: int, expected_batch_size: int | None, sample_rate: float | None
+) -> float:
+    if (expected_batch_size is None) == (sample_rate is None):
+        raise InvalidParameterError(
+            "expected_batch_size", expected_batch_size, "give exactly one of it or sample_rate"
+        )
+    q = (
+        sample_rate
+        if sample_rate is not None
+        else non_negative_int("expected_batch_size", expected_batch_size) / n
+    )
+    if not 0.0 < q <= 1.0:
+        raise InvalidParameterError(
+            "sample_rate", q, f"must be in (0, 1] (dataset has {n} examples)"
+        )
+    return float(q)
+
+
+class DPTrainer:
+    """DP-SGD on a model, a torch optimizer and an in-memory dataset, gated before each epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dataset: Dataset[Any],
+        *,
+        loss_fn: LossFn,
+        max_grad_norm: float,
+        epochs: int,
+        expected_batch_size: int | None = None,
+        sample_rate: float | None = None,
+        noise_multiplier: float | None = None,
+        schedule: NoiseSchedule | None = None,
+        delta: float = 1e-5,
+        gate: BudgetGate | None = None,
+        max_physical_batch_size: int | None = None,
+        num_microbatches: int | None = None,
+        adaptive_clipping: AdaptiveClipping | None = None,
+        engine: str = "auto",
+        seed: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        name: str = "dp-sgd",
+    ) -> None:
+        """Wrap a model and optimizer for DP-SGD (see the module docstring for an example).
+
+        Args:
+            model: Any model without cross-example layers (BatchNorm is refused).
+            optimizer: Any torch optimizer over ``model``'s parameters; it steps on the noisy
+                gradient.
+            dataset: A ``TensorDataset`` (fast path) or any map-style dataset of (x, y).
+            loss_fn: Mean-reduced loss ``loss_fn(output, target)``.
+            max_grad_norm: C, the per-example clip norm (the initial one with adaptive clipping).
+            epochs: Planned epochs (the gate may stop earlier).
+            expected_batch_size: qN; give this or ``sample_rate``.
+            sample_rate: q; give this or ``expected_batch_size``.
+            noise_multiplier: Constant sigma; give this or ``schedule``.
+            schedule: A :class:`~dp_core.schedules.NoiseSchedule` over global steps.
+            delta: The delta at which epsilon is reported.
+            gate: The budget gate; ``None`` trains without a budget (epsilon is still reported).
+            max_physical_batch_size: Cap on examples per forward/backward pass.
+            num_microbatches: TF Privacy's microbatches (clip per microbatch mean).
+            adaptive_clipping: Andrew et al. 2021's adaptive clip norm.
+            engine: ``auto`` (book-keeping when the model allows, else torch.func),
+                ``bookkeeping`` or ``func``.
+            seed: Seed of the sampling and noise generators (``None``: nondeterministic).
+            checkpoint_dir: Where to save a checkpoint after each epoch and on a stop.
+            name: Run name given to the ledger.
+        """
+        check_model_supported(model)
+        self.model, self.optimizer, self.dataset, self.loss_fn = model, optimizer, dataset, loss_fn
+        self.num_examples = len(dataset)  # type: ignore[arg-type]
+        q = _resolve_sample_rate(self.num_examples, expected_batch_size, sample_rate)
+        self.plan = RunPlan(
+            sample_rate=q,
+            steps_per_epoch=steps_per_epoch(q),
+            epochs=non_negative_int("epochs", epochs),
+            schedule=_resolve_schedule(noise_multiplier, schedule),
+            max_grad_norm=positive_float("max_grad_norm", max_grad_norm),
+            delta=open_probability("delta", delta),
+            name=name,
+        )
+        self.gate: BudgetGate = gate if gate is not None else _NoBudgetGate()
+        self.max_physical_batch_size = max_physical_batch_size
+        self.num_microbatches = (
+            None
+            if num_microbatches is None
+            else non_negative_int("num_microbatches", num_microbatches)
+        )
+        if self.num_microbatches == 0:
+            raise InvalidParameterError("num_microbatches", 0, "must be >= 1")
+        self.adaptive = adaptive_clipping
+        if adaptive_clipping is not None:  # fails now if sigma_0 >= 2 sigma_b
+            gradient_noise_multiplier(
+                noise_multiplier=self.plan.schedule.noise_multiplier_at(0),
+                count_noise_std=adaptive_clipping.count_noise_std,
+            )
+        self.engine_name = self._choose_engine(engine)
+        self.engine: GradientEngine = (
+            BookkeepingEngine(model, loss_fn)
+            if self.engine_name == "bookkeeping"
+            else FuncEngine(model, loss_fn)
+        )
+        base_seed = seed if seed is not None else secrets.randbits(62)
+        self.sampling_rng = torch.Generator().manual_seed(base_seed)
+        self.noise_rng = torch.Generator().manual_seed(base_seed + 1)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.epoch = 0
+        self.global_step = 0
+        self.clip = self.plan.max_grad_norm
+        self.stop_reason: str | None = None
+        self.history: list[EpochStats] = []
+
+    def _choose_engine(self, engine: str) -> str:
+        if engine not in ENGINES:
+            raise InvalidParameterError("engine", engine, f"must be one of {', '.join(ENGINES)}")
+        fast_ok = self.num_microbatches is None and supports(self.model)
+        if engine == "bookkeeping" and not fast_ok:
+            raise InvalidParameterError(
+                "engine", engine, "needs Linear/Conv2d-only models and no microbatches; use 'func'"
+            )
+        return (
+            "bookkeeping"
+            if engine == "auto" and fast_ok
+            else ("func" if engine == "auto" else engine)
+        )
+
+    # --- the DP step --------------------------------------------------------------------------
+
+    @property
+    def expected_units(self) -> float:
+        """m: the expected number of clipped units per step (qN, or the number of microbatches)."""
+        if self.num_microbatches is not None:
+            return float(self.num_microbatches)
+        return self.plan.sample_rate * self.num_examples
+
+    def _fetch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.dataset, TensorDataset):
+            x, y = self.dataset[indices]
+            return x, y
+        batch = default_collate([self.dataset[int(i)] for i in indices])
+        return batch[0], batch[1]
+
+    def _clipped(self, indices: Tensor) -> tuple[list[Tensor] | None, int, int, float, int]:
+        """Return (clipped sum or None when empty, units, unclipped units, loss sum, correct)."""
+        chunks = split_physical(indices, self.max_physical_batch_size)
+        if self.num_microbatches is not None:
+            return self._clipped_microbatches(chunks)
+        total: list[Tensor] | None = None
+        units = unclipped = correct = 0
+        loss_sum = 0.0
+        for chunk in chunks:
+            part = self.engine.clipped_sum(*self._fetch(chunk), self.clip)
+            total = (
+                part.grads
+                if total is None
+                else [a + b for a, b in zip(total, part.grads, strict=True)]
+            )
+            units += int(part.norms.numel())
+            unclipped += int((part.norms <= self.clip).sum())
+            loss_sum += part.loss_sum
+            correct += part.correct
+        return total, units, unclipped, loss_sum, correct
+
+    def _clipped_microbatches(
+        self, chunks: list[Tensor]
+    ) -> tuple[list[Tensor] | None, int, int, float, int]:
+        if not chunks:
+            return None, 0, 0, 0.0, 0
+        assert isinstance(self.engine, FuncEngine) and self.num_microbatches is not None
+        acc = MicrobatchAccumulator(self.engine, self.num_microbatches)
+        for chunk in chunks:
+            # Microbatch of each example: uniform and independent of the data (see MicrobatchAccumulator).
+            assignment = torch.randint(
+                self.num_microbatches, (chunk.numel(),), generator=self.sampling_rng
+            )
+            acc.add(*self._fetch(chunk), assignment)
+        summed, norms, _ = acc.clipped_sum(self.clip)
+        return (
+            summed,
+            int(norms.numel()),
+            int((norms <= self.clip).sum()),
+            acc.loss_sum,
+            acc.correct,
+        )
+
+    def _gradient_noise_multiplier(self, sigma: float) -> float:
+        """Noise multiplier on the gradient sum, in units of C (sensitivity and adaptive count)."""
+        if self.adaptive is not None:
+            sigma = gradient_noise_multiplier(
+                noise_multiplier=sigma, count_noise_std=self.adaptive.count_noise_std
+            )
+        return sigma * (MICROBATCH_SENSITIVITY if self.num_microbatches is not None else 1.0)
+
+    def step(self, batch: LogicalBatch) -> StepStats:
+        """Run one DP-SGD step on a logical batch (Abadi et al. 2016, Algorithm 1)."""
+        if batch.step != self.global_step:
+            raise InvalidParameterError("step", batch.step, f"the next step is {self.global_step}")
+        sigma = self.plan.schedule.noise_multiplier_at(self.global_step)
+        clip = self.clip
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+        summed, units, unclipped, loss_sum, correct = self._clipped(batch.indices)
+        if summed is None:  # empty Poisson batch: the step releases noise only
+            summed = [torch.zeros_like(p) for p in params]
+        std = self._gradient_noise_multiplier(sigma) * clip
+        noisy = add_noise([g.detach() for g in summed], std, self.noise_rng)
+        for p, g in zip(params, noisy, strict=True):
+            p.grad = (g / self.expected_units).to(p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.adaptive is not None:
+            self.clip, _ = update_clip_norm(
+                clip=clip,
+                unclipped=unclipped,
+                units=units,
+                expected_units=self.expected_units,
+                settings=self.adaptive,
+                generator=self.noise_rng,
+            )
+        self.global_step += 1
+        return StepStats(
+            self.global_step - 1, int(batch.indices.numel()), loss_sum, correct, sigma, clip
+        )
+
+    # --- epochs and the gate --------------------------------------------------------------------
+
+    def _batches(self, epoch: int) -> Iterator[LogicalBatch]:
+        first = epoch * self.plan.steps_per_epoch
+        for step in range(first, first + self.plan.steps_per_epoch):
+            yield LogicalBatch(
+                step, poisson_batch(self.num_examples, self.plan.sample_rate, self.sampling_rng)
+            )
+
+    def epochs(self) -> Iterator[Iterator[LogicalBatch]]:
+        """Yield each epoch's logical batches, asking the gate before each epoch.
+
+        The caller must run :meth:`step` on every batch of an epoch. A checkpoint is saved after
+        each epoch and when the gate refuses; :attr:`stop_reason` says why the run ended.
+        """
+        decision = self.gate.open(self.plan)  # a resumed gate answers without registering again
+        if not decision.allowed:
+            self._stop(f"refused: {decision.reason}")
+            return
+        while self.epoch < self.plan.epochs:
+            decision = self.gate.before_epoch(self.epoch)  # the one meeting point with the ledger
+            if not decision.allowed:
+                self._stop(f"refused: {decision.reason}")
+                return
+            self.save()  # records the charge: a crash during this epoch will not pay for it again
+            yield self._batches(self.epoch)
+            if self.global_step != (self.epoch + 1) * self.plan.steps_per_epoch:
+                raise RuntimeError(f"epoch {self.epoch} was not run to its end")
+            self.epoch += 1
+            self.save()
+        self._stop("completed")
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.save()
+        self.gate.finish()
+
+    def fit(
+        self,
+        *,
+        on_step: Callable[[StepStats], None] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> TrainResult:
+        """Train until the planned epochs are done or the gate refuses; return how it ended."""
+        for batches in self.epochs():
+            stats = EpochStats(self.epoch)
+            for batch in batches:
+                step = self.step(batch)
+                stats.examples += step.batch_size
+                stats.loss_sum += step.loss_sum
+                stats.correct += step.correct
+                if on_step is not None:
+                    on_step(step)
+            stats.epsilon = self.plan.epsilon(self.epoch + 1)
+            self.history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+        return self.result()
+
+    def result(self) -> TrainResult:
+        """Return the run's outcome so far."""
+        return TrainResult(
+            epochs_completed=self.epoch,
+            stop_reason=self.stop_reason or "running",
+            epsilon=self.plan.epsilon(self.epoch),
+            delta=self.plan.delta,
+            checkpoint_path=str(self.checkpoint_path) if self.checkpoint_path else None,
+            history=[{**asdict(h), "loss": h.loss, "accuracy": h.accuracy} for h in self.history],
+        )
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint file (``<checkpoint_dir>/checkpoint.pt``), if checkpointing is on."""
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return everything needed to resume: model, optimizer, RNGs, position, gate."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampling_rng": self.sampling_rng.get_state(),
+            "noise_rng": self.noise_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "max_grad_norm": self.clip,
+            "plan": self.plan.to_dict(),
+            "gate": self.gate.state_dict(),
+            "stop_reason": self.stop_reason,
+            "history": [asdict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the plan must be the one this trainer was built with."""
+        if RunPlan.from_dict(state["plan"]) != self.plan:
+            raise InvalidParameterError(
+                "checkpoint",
+                state["plan"],
+                f"was saved for another plan than {self.plan.to_dict()}",
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampling_rng.set_state(state["sampling_rng"])
+        self.noise_rng.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.clip = float(state["max_grad_norm"])
+        self.gate.load_state_dict(state["gate"])
+        self.stop_reason = state["stop_reason"]
+        self.history = [EpochStats(**h) for h in state["history"]]
+
+    def save(self) -> None:
+        """Save a checkpoint when ``checkpoint_dir`` is set."""
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    def resume(self) -> bool:
+        """Load the checkpoint in ``checkpoint_dir`` if there is one; return whether it did."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        if self.stop_reason is not None and self.stop_reason.startswith("refused"):
+            self.stop_reason = None  # a refusal may be lifted (e.g. a larger budget): ask again
+        return True
+
+
+def make_private(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset[Any],
+    **settings: Any,
+) -> DPTrainer:
+    """Wrap ``model`` and ``optimizer`` for DP-SGD (Opacus' ``make_private`` shape).
+
+    Keyword arguments are those of :class:`DPTrainer`.
+    """
+    return DPTrainer(model, optimizer, dataset, **settings)

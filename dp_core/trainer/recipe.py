@@ -1,0 +1,181 @@
+"""The ``dpledger train`` recipe: data, model, optimizer, gate and trainer from plain settings.
+
+The CLI (:mod:`dp_core.trainer.cli`) parses options into a :class:`TrainConfig` without importing
+torch, then calls :func:`run_training`. The recipe is a thin layer over the Python API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import dp_core
+from dp_core.errors import InvalidParameterError
+from dp_core.schedules import NoiseSchedule
+from dp_core.trainer.adaptive_clipping import AdaptiveClipping
+from dp_core.trainer.budget_gate import BudgetGate, HttpBudgetGate, LocalBudgetGate
+from dp_core.trainer.data import load_data
+from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
+from dp_core.trainer.models import build_model
+from dp_core.trainer.sampling import steps_per_epoch
+
+__all__ = ["OPTIMIZERS", "TrainConfig", "build_optimizer", "evaluate", "run_training"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``dpledger train`` accepts (see the CLI's help for each field)."""
+
+    data: str = "digits"
+    model: str = "mlp"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1.0
+    optimizer: str = "sgd"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    schedule: str = "constant"
+    decay_rate: float = 0.0
+    delta: float = 1e-5
+    checkpoint_dir: str | None = None
+    service: str | None = None
+    token: str | None = None
+    dataset: str | None = None
+    budget_epsilon: float | None = None
+    max_physical_batch_size: int | None = None
+    microbatches: int | None = None
+    adaptive_quantile: float | None = None
+    engine: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+
+
+def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """Return the named optimizer (``momentum`` is SGD with momentum 0.9)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    raise InvalidParameterError("optimizer", name, f"must be one of {', '.join(OPTIMIZERS)}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 1024) -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy) of ``model`` on ``data`` (evaluation mode)."""
+    model.eval()
+    x, y = data.tensors
+    loss = correct = 0.0
+    for start in range(0, len(y), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss += float(F.cross_entropy(out, target, reduction="sum"))
+        correct += float((out.argmax(1) == target).sum())
+    return loss / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
+    if (config.noise_multiplier is None) == (config.target_epsilon is None):
+        raise InvalidParameterError(
+            "noise_multiplier",
+            config.noise_multiplier,
+            "give exactly one of --noise-multiplier or --target-epsilon",
+        )
+    sigma = config.noise_multiplier
+    if sigma is None:
+        assert config.target_epsilon is not None
+        sigma = dp_core.calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            sample_rate=sample_rate,
+            steps=config.epochs * steps_per_epoch(sample_rate),
+            schedule=config.schedule,
+            decay_rate=config.decay_rate,
+        ).noise_multiplier
+    return NoiseSchedule(config.schedule, sigma, config.decay_rate)
+
+
+def _gate(config: TrainConfig) -> BudgetGate | None:
+    if config.service is not None:
+        if not config.token or not config.dataset:
+            raise InvalidParameterError(
+                "service", config.service, "needs --token and --dataset too"
+            )
+        if config.budget_epsilon is not None:
+            raise InvalidParameterError(
+                "budget_epsilon",
+                config.budget_epsilon,
+                "is for local runs; the service holds the budget",
+            )
+        return HttpBudgetGate(base_url=config.service, token=config.token, dataset=config.dataset)
+    budget = config.budget_epsilon if config.budget_epsilon is not None else config.target_epsilon
+    return None if budget is None else LocalBudgetGate(target_epsilon=budget, delta=config.delta)
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    on_step: Callable[[StepStats], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    gate: BudgetGate | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = load_data(config.data, seed=config.seed)
+    model = build_model(config.model, image_size=data.image_size, num_classes=data.num_classes)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
+    q = config.batch_size / len(data.train)
+    trainer = DPTrainer(
+        model,
+        optimizer,
+        data.train,
+        loss_fn=F.cross_entropy,
+        max_grad_norm=config.max_grad_norm,
+        epochs=config.epochs,
+        sample_rate=q,
+        schedule=_schedule(config, q),
+        delta=config.delta,
+        gate=gate if gate is not None else _gate(config),
+        max_physical_batch_size=config.max_physical_batch_size,
+        num_microbatches=config.microbatches,
+        adaptive_clipping=None
+        if config.adaptive_quantile is None
+        else AdaptiveClipping(target_quantile=config.adaptive_quantile),
+        engine=config.engine,
+        seed=config.seed,
+        checkpoint_dir=config.checkpoint_dir,
+        name=f"dpledger-train-{config.model}-{config.data.split(':')[0]}",
+    )
+    trainer.resume()
+    result = trainer.fit(on_step=on_step, on_epoch=on_epoch)
+    test_loss, test_accuracy = evaluate(model, data.test)
+    last = result.history[-1] if result.history else {}
+    return {
+        "epochs_completed": result.epochs_completed,
+        "epochs_planned": trainer.plan.epochs,
+        "stop_reason": result.stop_reason,
+        "epsilon": result.epsilon,
+        "delta": result.delta,
+        "noise_multiplier": trainer.plan.schedule.noise_multiplier,
+        "sample_rate": trainer.plan.sample_rate,
+        "steps_per_epoch": trainer.plan.steps_per_epoch,
+        "engine": trainer.engine_name,
+        "train_accuracy": last.get("accuracy"),
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "checkpoint_path": result.checkpoint_path,
+    }
