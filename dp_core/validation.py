@@ -46,7 +46,12 @@ def non_negative_int(name: str, value: object) -> int:
     """Return an int >= 0 (integral floats such as 3.0 are accepted)."""
     if isinstance(value, bool):
         raise InvalidParameterError(name, value, "must be an integer")
-    if isinstance(value, numbers.Integral) or isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if (
+        isinstance(value, numbers.Integral)
+        or isinstance(value, float)
+        and math.isfinite(value)
+        and value.is_integer()
+    ):
         result = int(value)
     else:
         raise InvalidParameterError(name, value, "must be an integer")
