@@ -1,0 +1,25 @@
+"""Stateless accountant endpoints (same answers as the CLI)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import PrincipalDep
+from app.schemas import EpsilonRead, EpsilonRequest, NoiseMultiplierRead, NoiseMultiplierRequest
+from app.services import accountant
+
+router = APIRouter(prefix="/v1/accountant", tags=["accountant"])
+
+
+@router.post("/epsilon")
+def compute_epsilon(body: EpsilonRequest, _principal: PrincipalDep) -> EpsilonRead:
+    """Epsilon of DP-SGD with a (possibly decaying) noise schedule."""
+    return accountant.compute_epsilon(body)
+
+
+@router.post("/noise-multiplier")
+def calibrate_noise_multiplier(
+    body: NoiseMultiplierRequest, _principal: PrincipalDep
+) -> NoiseMultiplierRead:
+    """The smallest noise multiplier whose epsilon stays within the target."""
+    return accountant.calibrate_noise_multiplier(body)

@@ -1,0 +1,58 @@
+"""Runs: admission, per-epoch charges, finishing."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from app.api.deps import PrincipalDep, SessionDep
+from app.schemas import (
+    AdmissionPreview,
+    EpochCharge,
+    EpochChargeRead,
+    ErrorBody,
+    RunCreate,
+    RunRead,
+)
+from app.services import admission, charging
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+_CONFLICT: dict[int | str, dict[str, Any]] = {status.HTTP_409_CONFLICT: {"model": ErrorBody}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_CONFLICT)
+def create_run(
+    body: RunCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    response: Response,
+    dry_run: Annotated[bool, Query(description="Answer without writing anything.")] = False,
+) -> RunRead | AdmissionPreview:
+    """Admit a planned run by reserving its whole RDP curve (409 budget_exceeded if it does not fit)."""
+    result = admission.admit_run(session, body, principal, dry_run=dry_run)
+    if dry_run:
+        response.status_code = status.HTTP_200_OK
+    return result
+
+
+@router.get("/{run_id}")
+def get_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunRead:
+    """Return one run."""
+    return admission.get_run(session, run_id, principal)
+
+
+@router.post("/{run_id}/epochs", responses=_CONFLICT)
+def charge_epoch(
+    run_id: RunId, body: EpochCharge, session: SessionDep, principal: PrincipalDep
+) -> EpochChargeRead:
+    """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
+    return charging.charge_epoch(session, run_id, body.epoch, principal)
+
+
+@router.post("/{run_id}/finish", responses=_CONFLICT)
+def finish_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunRead:
+    """Finish the run and release the reservation of the epochs it never started."""
+    return charging.finish_run(session, run_id, principal)

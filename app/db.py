@@ -1,0 +1,114 @@
+"""Engine, sessions, write transactions and migrations.
+
+The engine is made by :func:`create_db_engine`, called from ``create_app``'s lifespan (never at
+import time), so tests and the CLI can point the service at any database.
+
+Write transactions take the dataset lock up front:
+
+* SQLite: the transaction opens with ``BEGIN IMMEDIATE`` (the database's one write lock, waited
+  for with ``busy_timeout``), so two writers never read the same state and then both write.
+* PostgreSQL: the service reads the dataset row with ``SELECT ... FOR UPDATE`` (see
+  :func:`app.services.datasets.lock_dataset`), which serialises writers per dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+
+_WRITE_OPTION = "dpledger_write"
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether ``url`` names an SQLite database."""
+    return url.startswith("sqlite")
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    """Create the engine for ``settings.database_url``."""
+    url = settings.database_url
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": settings.sqlite_busy_timeout_s, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling would defer BEGIN until the first write; take it over so
+    # write transactions can start with BEGIN IMMEDIATE (SQLAlchemy's documented recipe).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Return the session factory bound to ``engine``."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def write_transaction(session: Session) -> Iterator[Session]:
+    """Run one write transaction: commit on success, roll back on any error.
+
+    The session must not be inside a transaction already (the lock has to be taken first).
+    """
+    if session.in_transaction():
+        raise RuntimeError("write_transaction needs a session outside any transaction")
+    session.connection(execution_options={_WRITE_OPTION: True})
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+
+
+@contextmanager
+def read_transaction(session: Session) -> Iterator[Session]:
+    """Run one read-only transaction and end it (so a later write can take its lock)."""
+    try:
+        yield session
+    finally:
+        session.rollback()
+
+
+def alembic_config(settings: Settings) -> Config:
+    """Return an Alembic config for ``settings`` (the URL travels in attributes, not the ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(settings.migrations_dir)))
+    config.attributes["database_url"] = settings.database_url
+    return config
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision``."""
+    command.upgrade(alembic_config(settings), revision)

@@ -1,0 +1,308 @@
+"""Request and response bodies (pydantic v2). JSON field names are part of the API contract.
+
+Numbers are finite (no NaN or infinity) and bounded, so absurd requests fail with 422 before any
+work is done; dp_core then checks the mechanism itself (e.g. a decay that drives sigma to 0).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["mnist"])]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Epsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+Delta = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+NoiseMultiplier = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+DecayRate = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+SampleRate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Steps = Annotated[int, Field(ge=0, le=100_000_000)]
+Order = Annotated[float, Field(gt=1, le=1e6, allow_inf_nan=False)]
+Weight = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+ScheduleName = Annotated[str, Field(min_length=1, max_length=32, examples=["constant"])]
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown fields and type coercion are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Role(StrEnum):
+    """What a token may do."""
+
+    admin = "admin"
+    trainer = "trainer"
+    viewer = "viewer"
+
+
+class RunStatus(StrEnum):
+    """Life cycle of a run."""
+
+    admitted = "admitted"
+    running = "running"
+    finished = "finished"
+    refused = "refused"
+
+
+class EntryKind(StrEnum):
+    """Kinds of ledger entries."""
+
+    reservation = "reservation"
+    charge = "charge"
+    release = "release"
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+class DatasetCreate(Request):
+    """A new dataset with its budget and the admission filter's grid (fixed at creation)."""
+
+    name: Slug
+    description: Annotated[str, Field(max_length=2000)] = ""
+    target_epsilon: Epsilon
+    target_delta: Delta
+    orders: Annotated[list[Order], Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="Renyi orders of the filter; default: the service's grid."
+    )
+    weights: Annotated[list[Weight], Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="Share of target_delta per order (sum 1); default: uniform over the orders.",
+    )
+
+
+class DatasetRead(BaseModel):
+    """A dataset."""
+
+    name: str
+    description: str
+    target_epsilon: float
+    target_delta: float
+    orders: list[float]
+    weights: list[float]
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    """A page of datasets."""
+
+    items: list[DatasetRead]
+    total: int
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+class NoiseSpec(Request):
+    """The noise schedule of a run: sigma_t over the 0-based global step t."""
+
+    schedule: ScheduleName = "constant"
+    noise_multiplier: NoiseMultiplier
+    decay_rate: DecayRate = 0.0
+
+
+class RunCreate(Request):
+    """A planned DP-SGD run: Poisson sampling with ``sample_rate``, ``epochs`` planned."""
+
+    dataset: Slug
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    sample_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    steps_per_epoch: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        default=None, description="Default: ceil(1 / sample_rate)."
+    )
+    epochs: Annotated[int, Field(ge=1, le=10_000)]
+    noise: NoiseSpec
+    max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+
+
+class RunRead(BaseModel):
+    """A run and where it stands."""
+
+    id: int
+    dataset: str
+    name: str
+    sample_rate: float
+    steps_per_epoch: int
+    epochs: int
+    noise: NoiseSpec
+    max_grad_norm: float | None
+    status: RunStatus
+    epochs_charged: int
+    created_at: datetime
+
+
+class AdmissionPreview(BaseModel):
+    """The answer of ``POST /v1/runs?dry_run=true`` when the run would be admitted."""
+
+    dataset: str
+    admitted: Literal[True] = True
+    epsilon_projected: float = Field(description="Filter epsilon after admitting the run.")
+    epsilon_remaining: float = Field(description="Filter epsilon left before admitting it.")
+    order: float = Field(description="An alive order at which the run fits.")
+
+
+class EpochCharge(Request):
+    """The epoch the trainer is about to start (0-based)."""
+
+    epoch: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class EpochChargeRead(BaseModel):
+    """The charge of one epoch (a retry returns the same body)."""
+
+    run_id: int
+    epoch: int
+    ledger_entry_id: int
+    created_at: datetime
+
+
+# --- ledger and budget ----------------------------------------------------------------------
+
+
+class LedgerEntryRead(BaseModel):
+    """One append-only ledger entry; ``rdp`` has one value per dataset order (null = +inf)."""
+
+    id: int
+    run_id: int
+    kind: EntryKind
+    epoch: int | None
+    rdp: list[float | None]
+    mechanism: dict[str, Any]
+    created_at: datetime
+    actor: str
+
+
+class LedgerEntryList(BaseModel):
+    """A page of ledger entries, oldest first."""
+
+    items: list[LedgerEntryRead]
+    total: int
+
+
+class OrderHeadroom(BaseModel):
+    """The filter at one order: capacity B(a), S(a), headroom B(a) - S(a), membership in L."""
+
+    order: float
+    weight: float
+    capacity: float
+    rdp_committed: float | None
+    rdp_reserved: float | None
+    headroom: float | None
+    alive: bool
+
+
+class RunBudget(BaseModel):
+    """One run's share of the budget."""
+
+    id: int
+    name: str
+    status: RunStatus
+    epochs: int
+    epochs_charged: int
+    epsilon_committed: float | None = Field(
+        description="Epsilon of this run's charges alone, at target_delta."
+    )
+
+
+class BudgetRead(BaseModel):
+    """Where a dataset's budget stands, read through the admission filter."""
+
+    dataset: str
+    target_epsilon: float
+    target_delta: float
+    epsilon_spent: float | None = Field(description="Filter epsilon of the committed charges.")
+    epsilon_reserved: float | None = Field(
+        description="Filter epsilon of committed charges plus open reservations."
+    )
+    epsilon_remaining: float = Field(description="target_epsilon minus epsilon_reserved, >= 0.")
+    epsilon_non_adaptive: float | None = Field(
+        description=(
+            "Plain RDP-accountant epsilon of the committed RDP at target_delta (what Opacus would"
+            " print). Valid only if the runs were not chosen adaptively; the budget is enforced"
+            " with the filter epsilons above."
+        )
+    )
+    runs: list[RunBudget]
+    orders: list[OrderHeadroom]
+
+
+# --- stateless accountant -------------------------------------------------------------------
+
+
+class EpsilonRequest(Request):
+    """Epsilon of DP-SGD with a noise schedule (as ``dpledger epsilon``)."""
+
+    sample_rate: SampleRate
+    noise_multiplier: NoiseMultiplier
+    steps: Steps
+    delta: Delta
+    schedule: ScheduleName = "constant"
+    decay_rate: DecayRate = 0.0
+
+
+class EpsilonRead(BaseModel):
+    """The accountant's answer."""
+
+    epsilon: float
+    epsilon_grid: float
+    order: float
+    delta: float
+    steps: int
+
+
+class NoiseMultiplierRequest(Request):
+    """The smallest noise multiplier meeting a target (as ``dpledger noise-multiplier``)."""
+
+    target_epsilon: Epsilon
+    delta: Delta
+    sample_rate: SampleRate
+    steps: Steps
+    schedule: ScheduleName = "constant"
+    decay_rate: DecayRate = 0.0
+
+
+class NoiseMultiplierRead(BaseModel):
+    """The calibrated noise multiplier and the epsilon it gives (never above the target)."""
+
+    noise_multiplier: float
+    epsilon: float
+
+
+# --- tokens and health ----------------------------------------------------------------------
+
+
+class TokenCreate(Request):
+    """A new API token."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    role: Literal["admin", "trainer", "viewer"]
+    datasets: Annotated[list[Slug], Field(max_length=256)] = Field(
+        default_factory=list, description="Datasets a trainer token may charge."
+    )
+
+
+class TokenCreated(BaseModel):
+    """A created token; ``token`` is shown only here, only once."""
+
+    id: int
+    name: str
+    role: Literal["admin", "trainer", "viewer"]
+    datasets: list[str]
+    token: str
+
+
+class Health(BaseModel):
+    """Liveness and database reachability."""
+
+    status: Literal["ok"]
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    code: str
+    message: str

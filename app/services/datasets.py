@@ -1,0 +1,142 @@
+"""Datasets: creation (fixing the filter's grid and capacity), lookup and the row lock."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth import Principal
+from app.db import read_transaction, write_transaction
+from app.errors import DatasetExistsError, InvalidInputError, NotFoundError
+from app.models import Dataset
+from app.schemas import DatasetCreate, DatasetList, DatasetRead, Role
+from app.services.accounting import DEFAULT_FILTER_ORDERS, filter_capacity
+from app.services.admission_filter import FilterState
+
+_WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def dataset_to_read(dataset: Dataset) -> DatasetRead:
+    """Return the API view of a dataset."""
+    return DatasetRead(
+        name=dataset.name,
+        description=dataset.description,
+        target_epsilon=dataset.target_epsilon,
+        target_delta=dataset.target_delta,
+        orders=list(dataset.orders),
+        weights=list(dataset.weights),
+        created_at=dataset.created_at,
+    )
+
+
+def filter_state(dataset: Dataset) -> FilterState:
+    """Return the dataset's admission-filter state."""
+    return FilterState(
+        target_epsilon=dataset.target_epsilon,
+        capacity=dataset.capacity,
+        reserved=dataset.rdp_reserved,
+        alive=np.asarray(dataset.alive, dtype=bool),
+    )
+
+
+def _grid(body: DatasetCreate) -> tuple[list[float], list[float]]:
+    """Validate and sort the filter's orders and weights; weights are normalised to sum to 1."""
+    orders = list(DEFAULT_FILTER_ORDERS) if body.orders is None else list(body.orders)
+    if len(set(orders)) != len(orders):
+        raise InvalidInputError("orders must be distinct", parameter="orders")
+    weights = [1.0 / len(orders)] * len(orders) if body.weights is None else list(body.weights)
+    if len(weights) != len(orders):
+        raise InvalidInputError(
+            f"weights has {len(weights)} values for {len(orders)} orders", parameter="weights"
+        )
+    total = math.fsum(weights)
+    if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
+        raise InvalidInputError(
+            f"weights must sum to 1 (they sum to {total:g})", parameter="weights"
+        )
+    # Normalise, then nudge each weight down so the deltas never add up to more than delta_G.
+    normalised = [float(np.nextafter(w / total, 0.0)) for w in weights]
+    pairs = sorted(zip(orders, normalised, strict=True))
+    return [a for a, _ in pairs], [w for _, w in pairs]
+
+
+def create_dataset(session: Session, body: DatasetCreate, principal: Principal) -> DatasetRead:
+    """Create a dataset with an empty ledger and every order of its grid alive."""
+    principal.require_admin()
+    orders, weights = _grid(body)
+    capacity = filter_capacity(
+        orders=orders,
+        weights=weights,
+        target_epsilon=body.target_epsilon,
+        target_delta=body.target_delta,
+    )
+    dataset = Dataset(
+        name=body.name,
+        description=body.description,
+        target_epsilon=body.target_epsilon,
+        target_delta=body.target_delta,
+        orders=orders,
+        weights=weights,
+        capacity=capacity,
+        rdp_reserved=np.zeros(len(orders)),
+        rdp_committed=np.zeros(len(orders)),
+        alive=[True] * len(orders),
+        created_by=principal.actor,
+    )
+    try:
+        with write_transaction(session):
+            if session.scalar(select(Dataset.id).where(Dataset.name == body.name)) is not None:
+                raise DatasetExistsError(f"dataset {body.name!r} already exists")
+            session.add(dataset)
+    except IntegrityError as error:  # a concurrent create of the same name won the race
+        raise DatasetExistsError(f"dataset {body.name!r} already exists") from error
+    return dataset_to_read(dataset)
+
+
+def find_dataset(session: Session, name: str) -> Dataset:
+    """Return the dataset called ``name`` or raise NotFoundError."""
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFoundError(f"no dataset {name!r}")
+    return dataset
+
+
+def lock_dataset(session: Session, dataset_id: int) -> Dataset:
+    """Return the dataset row, locked until the transaction ends.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE``. SQLite ignores FOR UPDATE; its write transactions
+    already hold the database's write lock (``BEGIN IMMEDIATE``, see :mod:`app.db`).
+    """
+    dataset = session.scalar(
+        select(Dataset)
+        .where(Dataset.id == dataset_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if dataset is None:
+        raise NotFoundError(f"no dataset with id {dataset_id}")
+    return dataset
+
+
+def get_dataset(session: Session, name: str, principal: Principal) -> DatasetRead:
+    """Return one dataset."""
+    principal.require_dataset_read(name)
+    with read_transaction(session):
+        return dataset_to_read(find_dataset(session, name))
+
+
+def list_datasets(
+    session: Session, principal: Principal, *, limit: int, offset: int
+) -> DatasetList:
+    """Return a page of the datasets this caller may read, by name."""
+    query = select(Dataset)
+    if principal.role is Role.trainer:
+        query = query.where(Dataset.name.in_(sorted(principal.datasets)))
+    with read_transaction(session):
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(Dataset.name).limit(limit).offset(offset)).all()
+        return DatasetList(items=[dataset_to_read(row) for row in rows], total=total)

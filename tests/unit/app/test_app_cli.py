@@ -1,0 +1,73 @@
+"""Service commands: ``db upgrade`` and ``token create`` (``serve`` runs in the server tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from sqlalchemy import create_engine, inspect, select
+from typer.testing import CliRunner
+
+from app.auth import hash_token
+from app.cli import register
+from app.models import ApiToken
+from app.settings import get_settings
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("DPLEDGER_DATABASE_URL", url)
+    get_settings.cache_clear()
+    root = typer.Typer()
+    register(root)
+    yield root, url
+    get_settings.cache_clear()
+
+
+def test_db_upgrade_creates_the_tables(cli):
+    root, url = cli
+    result = CliRunner().invoke(root, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"datasets", "runs", "ledger_entries", "api_tokens", "alembic_version"} <= tables
+
+
+def test_token_create_prints_a_token_stored_hashed(cli):
+    root, url = cli
+    result = CliRunner().invoke(
+        root,
+        [
+            "token",
+            "create",
+            "--role",
+            "trainer",
+            "--dataset",
+            "mnist",
+            "--dataset",
+            "cifar",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.stdout)
+    assert created["role"] == "trainer" and created["datasets"] == ["cifar", "mnist"]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(ApiToken.token_hash, ApiToken.role)).all()
+    finally:
+        engine.dispose()
+    assert rows == [(hash_token(created["token"]), "trainer")]
+
+
+def test_token_create_refuses_unknown_role(cli):
+    root, _ = cli
+    result = CliRunner().invoke(root, ["token", "create", "--role", "root"])
+    assert result.exit_code == 2
+    assert "role" in result.output
