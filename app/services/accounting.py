@@ -174,10 +174,6 @@ def filter_capacity(
 
 def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) -> float | None:
     """Return the plain (non-adaptive) epsilon of an RDP curve, or None when it is unbounded."""
-    if not np.any(np.isfinite(rdp)):
-        return None
-    if not np.any(rdp):
-        return 0.0  # nothing was released
     with translated_dp_errors():
         result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
     return result.epsilon if math.isfinite(result.epsilon) else None
