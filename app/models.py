@@ -120,6 +120,7 @@ class Run(Base):
     noise_multiplier: Mapped[float] = mapped_column(Float)
     decay_rate: Mapped[float] = mapped_column(Float)
     max_grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reservation: Mapped[str] = mapped_column(String(16), default="plan", server_default="plan")
     status: Mapped[str] = mapped_column(String(16))
     epochs_charged: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -48,6 +48,18 @@ class RunStatus(StrEnum):
     refused = "refused"
 
 
+class Reservation(StrEnum):
+    """How a run holds its budget.
+
+    ``plan``: its whole planned RDP curve is reserved at admission, so every planned epoch is
+    guaranteed. ``epoch``: nothing is reserved; each epoch passes the admission filter when the
+    trainer charges it, so concurrent runs can take the budget and stop this one early.
+    """
+
+    plan = "plan"
+    epoch = "epoch"
+
+
 class EntryKind(StrEnum):
     """Kinds of ledger entries."""
 
@@ -117,6 +129,14 @@ class RunCreate(Request):
     epochs: Annotated[int, Field(ge=1, le=10_000)]
     noise: NoiseSpec
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    reservation: Reservation = Field(
+        default=Reservation.plan,
+        strict=False,  # accept the enum's string values from JSON
+        description=(
+            "plan: reserve every planned epoch at admission (guaranteed); epoch: each epoch"
+            " passes the filter when charged (pay as you go; may be refused mid-run)."
+        ),
+    )
 
 
 class RunRead(BaseModel):
@@ -130,6 +150,7 @@ class RunRead(BaseModel):
     epochs: int
     noise: NoiseSpec
     max_grad_norm: float | None
+    reservation: Reservation
     status: RunStatus
     epochs_charged: int
     created_at: datetime

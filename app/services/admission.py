@@ -10,8 +10,22 @@ from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import BudgetExceededError, NotFoundError
 from app.models import Dataset, LedgerEntry, Run
-from app.schemas import AdmissionPreview, EntryKind, NoiseSpec, RunCreate, RunRead, RunStatus
-from app.services.accounting import RunSpec, epochs_rdp, make_run_spec, mechanism_json
+from app.schemas import (
+    AdmissionPreview,
+    EntryKind,
+    NoiseSpec,
+    Reservation,
+    RunCreate,
+    RunRead,
+    RunStatus,
+)
+from app.services.accounting import (
+    RunSpec,
+    epoch_rdp,
+    epochs_rdp,
+    make_run_spec,
+    mechanism_json,
+)
 from app.services.admission_filter import FilterDecision, decide
 from app.services.datasets import filter_state, find_dataset, lock_dataset
 
@@ -43,13 +57,17 @@ def run_to_read(run: Run, dataset_name: str) -> RunRead:
             decay_rate=run.decay_rate,
         ),
         max_grad_norm=run.max_grad_norm,
+        reservation=Reservation(run.reservation),
         status=RunStatus(run.status),
         epochs_charged=run.epochs_charged,
         created_at=run.created_at,
     )
 
 
-def _refusal(dataset: Dataset, decision: FilterDecision, run_id: int | None) -> BudgetExceededError:
+def budget_refusal(
+    dataset: Dataset, decision: FilterDecision, run_id: int | None
+) -> BudgetExceededError:
+    """Return the 409 for a request the filter refused."""
     return BudgetExceededError(
         f"run does not fit the budget of {dataset.name!r}: epsilon would reach"
         f" {decision.epsilon_projected:.6g} > target {dataset.target_epsilon:g}"
@@ -73,6 +91,7 @@ def _new_run(
         noise_multiplier=spec.schedule.noise_multiplier,
         decay_rate=spec.schedule.decay_rate,
         max_grad_norm=body.max_grad_norm,
+        reservation=body.reservation.value,
         status=status.value,
         epochs_charged=0,
         created_by=actor,
@@ -87,7 +106,8 @@ def admit_run(
     The RDP is computed before the lock (it depends only on the request and the dataset's fixed
     grid); the check and the writes then happen in one transaction holding the dataset lock. A
     real refusal records the run as ``refused`` (no ledger entry, filter state unchanged); a dry
-    run writes nothing.
+    run writes nothing. A run with ``reservation=epoch`` reserves nothing: it is admitted when its
+    first epoch would pass the filter now, and each epoch passes the filter when charged.
     """
     principal.require_dataset_write(body.dataset)
     spec = make_run_spec(
@@ -101,7 +121,8 @@ def admit_run(
     with read_transaction(session):
         dataset = find_dataset(session, body.dataset)
         dataset_id, orders = dataset.id, list(dataset.orders)
-    planned = epochs_rdp(spec, 0, spec.epochs, orders)
+    per_epoch = body.reservation is Reservation.epoch
+    planned = epoch_rdp(spec, 0, orders) if per_epoch else epochs_rdp(spec, 0, spec.epochs, orders)
     if dry_run:
         return _preview(session, dataset_id, planned)
     with write_transaction(session):
@@ -110,7 +131,7 @@ def admit_run(
         status = RunStatus.admitted if decision.admitted else RunStatus.refused
         run = _new_run(body, spec, dataset, status, principal.actor)
         session.add(run)
-        if decision.admitted:
+        if decision.admitted and not per_epoch:
             session.flush()
             session.add(
                 LedgerEntry(
@@ -128,7 +149,7 @@ def admit_run(
         session.flush()
         result = run_to_read(run, dataset.name)
     if not decision.admitted:
-        raise _refusal(dataset, decision, result.id)
+        raise budget_refusal(dataset, decision, result.id)
     return result
 
 
@@ -137,7 +158,7 @@ def _preview(session: Session, dataset_id: int, planned: np.ndarray) -> Admissio
         dataset = session.get_one(Dataset, dataset_id)
         decision = decide(filter_state(dataset), planned)
         if not decision.admitted or decision.order_index is None:
-            raise _refusal(dataset, decision, None)
+            raise budget_refusal(dataset, decision, None)
         return AdmissionPreview(
             dataset=dataset.name,
             epsilon_projected=decision.epsilon_projected,

@@ -8,11 +8,12 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import EpochBeyondPlanError, EpochOutOfOrderError, RunNotActiveError
-from app.models import LedgerEntry, Run
-from app.schemas import EntryKind, EpochChargeRead, RunRead, RunStatus
+from app.models import Dataset, FloatArray, LedgerEntry, Run
+from app.schemas import EntryKind, EpochChargeRead, Reservation, RunRead, RunStatus
 from app.services.accounting import add_up, epoch_rdp, epochs_rdp, mechanism_json, subtract_up
-from app.services.admission import find_run, run_spec, run_to_read
-from app.services.datasets import lock_dataset
+from app.services.admission import budget_refusal, find_run, run_spec, run_to_read
+from app.services.admission_filter import decide
+from app.services.datasets import filter_state, lock_dataset
 
 _ACTIVE = (RunStatus.admitted.value, RunStatus.running.value)
 
@@ -50,10 +51,24 @@ def _check_chargeable(run: Run, epoch: int) -> None:
         )
 
 
+def _admit_epoch(dataset: Dataset, run: Run, rdp: FloatArray) -> None:
+    """Pass one epoch of a pay-as-you-go run through the filter (raise 409 when it does not fit).
+
+    The epoch is a new adaptively chosen request, so the filter's guarantee covers it exactly as
+    it covers a whole run; a refusal writes nothing.
+    """
+    decision = decide(filter_state(dataset), rdp)
+    if not decision.admitted:
+        raise budget_refusal(dataset, decision, run.id)
+    dataset.rdp_reserved = decision.state.reserved
+    dataset.alive = [bool(flag) for flag in decision.state.alive]
+
+
 def charge_epoch(
     session: Session, run_id: int, epoch: int, principal: Principal
 ) -> EpochChargeRead:
-    """Turn epoch ``epoch``'s reservation into a charge (before the trainer starts it).
+    """Charge epoch ``epoch`` before the trainer starts it: from its reservation (``plan`` runs) or
+    through the filter (``epoch`` runs, 409 budget_exceeded when it does not fit).
 
     Idempotent per (run, epoch): a retry finds the existing charge, returns it and writes nothing.
     """
@@ -69,6 +84,8 @@ def charge_epoch(
             return _charge_to_read(existing)
         _check_chargeable(run, epoch)
         rdp = epoch_rdp(spec, epoch, orders)
+        if run.reservation == Reservation.epoch.value:
+            _admit_epoch(dataset, run, rdp)
         entry = LedgerEntry(
             dataset_id=dataset.id,
             run_id=run.id,
@@ -99,7 +116,7 @@ def finish_run(session: Session, run_id: int, principal: Principal) -> RunRead:
             return run_to_read(run, dataset.name)
         if run.status not in _ACTIVE:
             raise RunNotActiveError(f"run {run.id} is {run.status}; there is nothing to finish")
-        if run.epochs_charged < run.epochs:
+        if run.reservation == Reservation.plan.value and run.epochs_charged < run.epochs:
             released = epochs_rdp(spec, run.epochs_charged, run.epochs, orders)
             session.add(
                 LedgerEntry(

@@ -224,6 +224,7 @@ class LocalBudgetGate:
 
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_RESERVATIONS = ("plan", "epoch")
 
 
 class HttpBudgetGate:
@@ -232,6 +233,10 @@ class HttpBudgetGate:
     Network errors and 502/503/504 answers are retried with exponential backoff; this is safe
     because the service's charges are idempotent per (run, epoch). A 409 is a refusal (the loop
     stops cleanly); any other error status raises :class:`LedgerError`.
+
+    ``reservation="plan"`` (default) reserves every planned epoch at admission, so the run can
+    never be stopped by others; ``reservation="epoch"`` reserves nothing and passes each epoch
+    through the service's filter when it is charged, so concurrent runs may stop it early.
     """
 
     def __init__(
@@ -245,9 +250,13 @@ class HttpBudgetGate:
         backoff_seconds: float = 0.5,
         timeout_seconds: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        reservation: str = "plan",
     ) -> None:
         """Create the gate; pass ``client`` (e.g. with a MockTransport or ASGITransport) to test."""
+        if reservation not in _RESERVATIONS:
+            raise InvalidParameterError("reservation", reservation, "one of 'plan' or 'epoch'")
         self.dataset = dataset
+        self.reservation = reservation
         self.client = client or httpx.Client(base_url=base_url, timeout=timeout_seconds)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.max_retries = max_retries
@@ -288,7 +297,7 @@ class HttpBudgetGate:
         )
 
     @staticmethod
-    def run_body(plan: RunPlan, dataset: str) -> dict[str, Any]:
+    def run_body(plan: RunPlan, dataset: str, reservation: str = "plan") -> dict[str, Any]:
         """Return the ``POST /v1/runs`` body describing ``plan`` exactly."""
         if plan.schedule.kind == "explicit":
             raise InvalidParameterError(
@@ -306,13 +315,14 @@ class HttpBudgetGate:
                 "decay_rate": plan.schedule.decay_rate,
             },
             "max_grad_norm": plan.max_grad_norm,
+            "reservation": reservation,
         }
 
     def open(self, plan: RunPlan) -> GateDecision:
         """Register the run (``POST /v1/runs``); a 409 refuses the whole plan up front."""
         if self.run_id is not None:
             return GateDecision(True, "admitted")
-        response = self._post("/v1/runs", self.run_body(plan, self.dataset))
+        response = self._post("/v1/runs", self.run_body(plan, self.dataset, self.reservation))
         if response.status_code == 409:
             code, message = self._error(response)
             return GateDecision(False, f"{code}: {message}")

@@ -1,12 +1,14 @@
 """The trainer's HTTP budget gate against the real service (uvicorn subprocess, SQLite)."""
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dp_core.rdp.compose import compute_rdp
 from dp_core.trainer.budget_gate import HttpBudgetGate
 from dp_core.trainer.loop import DPTrainer
 from tests.integration.conftest import ADMIN_TOKEN as ADMIN
@@ -39,16 +41,18 @@ def _dataset_and_token(client, name, target_epsilon):
     return r.json()["token"]
 
 
-def _trainer(client, token, name, epochs, tmp_path):
+def _trainer(client, token, name, epochs, tmp_path, *, noise_multiplier=1.0, gate=None):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (400,), generator=gen)
     x = torch.randn(400, 5, generator=gen) + 2.0 * (2 * y[:, None].float() - 1)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
-    gate = HttpBudgetGate(base_url=str(client.base_url), token=token, dataset=name, client=client)
+    gate = gate or HttpBudgetGate(
+        base_url=str(client.base_url), token=token, dataset=name, client=client
+    )
     return DPTrainer(
         model, torch.optim.SGD(model.parameters(), lr=0.5), TensorDataset(x, y), loss_fn=F.cross_entropy,
-        max_grad_norm=1.0, epochs=epochs, expected_batch_size=50, noise_multiplier=1.0, gate=gate, seed=0,
+        max_grad_norm=1.0, epochs=epochs, expected_batch_size=50, noise_multiplier=noise_multiplier, gate=gate, seed=0,
         checkpoint_dir=tmp_path / "ckpt",
     )  # fmt: skip
 
@@ -77,4 +81,76 @@ def test_plan_over_budget_is_refused_up_front(service, tmp_path):
         "refused: budget_exceeded"
     )
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert (tmp_path / "ckpt" / "checkpoint.pt").exists()
+
+
+class _SecondRunArrives(HttpBudgetGate):
+    """A gate that lets another client reserve a run just before epoch ``at`` is charged."""
+
+    def __init__(self, *, at, second_run, admin_headers, **kwargs):
+        super().__init__(**kwargs)
+        self.at, self.second_run, self.admin_headers = at, second_run, admin_headers
+        self.budget_after_second = None
+
+    def before_epoch(self, epoch):
+        if epoch == self.at and self.budget_after_second is None:
+            r = self.client.post("/v1/runs", json=self.second_run, headers=self.admin_headers)
+            assert r.status_code == 201, r.text
+            self.budget_after_second = self.client.get(
+                f"/v1/datasets/{self.dataset}/budget", headers=self.admin_headers
+            ).json()
+        return super().before_epoch(epoch)
+
+
+def _predicted_stop(budget, plan, first_epoch):
+    """Replay the filter rule on the ledger's per-order headroom: the first epoch that won't fit."""
+    orders = [row["order"] for row in budget["orders"]]
+    headroom = np.array([row["headroom"] for row in budget["orders"]])
+    alive = np.array([row["alive"] for row in budget["orders"]])
+    spent = np.zeros_like(headroom)
+    for epoch in range(first_epoch, plan.epochs):
+        x = np.asarray(compute_rdp(plan.epoch_mechanism(epoch), np.asarray(orders)))
+        fits = alive & (spent + x <= headroom)
+        if not fits.any():
+            return epoch
+        spent += x
+        alive &= spent <= headroom
+    return plan.epochs
+
+
+def test_a_concurrent_reservation_stops_a_pay_as_you_go_run_where_the_ledger_predicts(
+    service, tmp_path
+):
+    token = _dataset_and_token(service, "blobs-shared", target_epsilon=4.0)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    second = {
+        "dataset": "blobs-shared", "name": "other-team", "sample_rate": 0.125, "steps_per_epoch": 8,
+        "epochs": 8, "noise": {"noise_multiplier": 2.0},
+    }  # fmt: skip
+    gate = _SecondRunArrives(
+        at=3, second_run=second, admin_headers=admin, reservation="epoch",
+        base_url=str(service.base_url), token=token, dataset="blobs-shared", client=service,
+    )  # fmt: skip
+    trainer = _trainer(
+        service,
+        token,
+        "blobs-shared",
+        epochs=10,
+        tmp_path=tmp_path,
+        noise_multiplier=2.0,
+        gate=gate,
+    )
+    result = trainer.fit()
+
+    assert gate.budget_after_second is not None
+    expected = _predicted_stop(gate.budget_after_second, trainer.plan, first_epoch=3)
+    assert 3 < expected < 10, "the scenario must cut the run strictly inside its plan"
+    assert result.epochs_completed == expected
+    assert result.stop_reason.startswith("refused: budget_exceeded")
+    run = service.get(f"/v1/runs/{gate.run_id}", headers=admin).json()
+    assert (run["epochs_charged"], run["status"], run["reservation"]) == (
+        expected,
+        "finished",
+        "epoch",
+    )
     assert (tmp_path / "ckpt" / "checkpoint.pt").exists()

@@ -74,6 +74,14 @@ def test_both_gates_satisfy_the_protocol():
     assert isinstance(LocalBudgetGate(target_epsilon=1.0, delta=1e-5), BudgetGate)
 
 
+def test_http_gate_asks_for_pay_as_you_go_runs_and_checks_the_mode():
+    ledger = FakeLedger()
+    assert _gate(ledger, reservation="epoch").open(PLAN).allowed
+    assert ledger.requests[0][2]["reservation"] == "epoch"
+    with pytest.raises(InvalidParameterError, match="reservation"):
+        _gate(ledger, reservation="sometimes")
+
+
 def test_plan_mechanism_per_epoch_uses_global_steps():
     assert PLAN.epoch_mechanism(2) == SampledGaussianSchedule(0.1, PLAN.schedule, 10, 20)
     assert RunPlan.from_dict(PLAN.to_dict()) == PLAN
@@ -96,6 +104,7 @@ def test_http_gate_registers_the_exact_mechanism_charges_and_finishes():
         "epochs": 3,
         "noise": {"schedule": "exponential", "noise_multiplier": 1.2, "decay_rate": 0.01},
         "max_grad_norm": 1.5,
+        "reservation": "plan",
     }
     assert (p2, b2) == ("/v1/runs/run-7/epochs", {"epoch": 0})
     assert p3 == "/v1/runs/run-7/finish"
