@@ -7,6 +7,7 @@ Routes raise these (never ``HTTPException``); :mod:`app.main` turns every one in
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 __all__ = [
@@ -38,8 +39,12 @@ class AppError(Exception):
         self.details = details
 
     def to_body(self) -> dict[str, Any]:
-        """Return the JSON error body."""
-        return {"code": self.code, "message": self.message, **self.details}
+        """Return the JSON error body; a non-finite float detail becomes null (JSON has no inf)."""
+        details = {
+            key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in self.details.items()
+        }
+        return {"code": self.code, "message": self.message, **details}
 
 
 class InvalidInputError(AppError):

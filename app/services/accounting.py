@@ -85,6 +85,13 @@ class RunSpec:
 
 def default_steps_per_epoch(sample_rate: float) -> int:
     """Return ceil(1 / sample_rate), the expected number of steps to see every record once."""
+    if sample_rate <= 0.0 or 1.0 / sample_rate > MAX_TOTAL_STEPS:
+        # Also keeps a subnormal rate from overflowing 1/q to infinity.
+        raise InvalidInputError(
+            f"sample_rate {sample_rate:g} is too small for the default steps_per_epoch"
+            f" (1/sample_rate > {MAX_TOTAL_STEPS}); give steps_per_epoch",
+            parameter="sample_rate",
+        )
     return max(1, math.ceil(1.0 / sample_rate))
 
 

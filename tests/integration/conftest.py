@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL to an empty database: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    base = _postgres_base_url()
-    if base is None:
-        pytest.skip("PostgreSQL tests need DATABASE_URL=postgresql+psycopg://... (set by .ci/run)")
+@contextmanager
+def postgres_schema_url(base: str) -> Iterator[str]:
+    """A URL to a new, empty PostgreSQL schema on the server ``base`` names (dropped after)."""
     schema = f"t_{uuid.uuid4().hex[:16]}"
     conninfo = make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -61,6 +56,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def empty_database_url(kind: str, directory: Path) -> AbstractContextManager[str]:
+    """An empty database of ``kind`` (sqlite or postgresql); skips without DATABASE_URL."""
+    if kind == "sqlite":
+        return nullcontext(f"sqlite:///{directory / 'ledger.db'}")
+    base = _postgres_base_url()
+    if base is None:
+        pytest.skip("PostgreSQL tests need DATABASE_URL=postgresql+psycopg://... (set by .ci/run)")
+    return postgres_schema_url(base)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database: a new SQLite file, or a new PostgreSQL schema."""
+    with empty_database_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -32,3 +32,15 @@ def test_codes_are_unique_except_inherited():
 
 def test_public_names():
     assert set(errors_module.__all__) == {"AppError", *(c.__name__ for c in _subclasses(AppError))}
+
+
+def test_non_finite_details_become_null_so_the_body_is_valid_json():
+    import json
+
+    from app.errors import BudgetExceededError
+
+    body = BudgetExceededError(
+        "no", epsilon_projected=float("inf"), epsilon_remaining=1.5
+    ).to_body()
+    assert body["epsilon_projected"] is None and body["epsilon_remaining"] == 1.5
+    json.dumps(body, allow_nan=False)
