@@ -26,6 +26,7 @@ BAD_RUNS = [
     ("huge epochs", run_body(epochs=10**12), 422, "invalid_input"),
     ("zero epochs", run_body(epochs=0), 422, "invalid_input"),
     ("too many steps", run_body(steps_per_epoch=10**7, epochs=100), 422, "invalid_parameter"),
+    ("subnormal sample rate", run_body(sample_rate=5e-324), 422, "invalid_parameter"),
     ("unknown schedule", run_body(noise=_noise(schedule="wobbly")), 422, "invalid_parameter"),
     ("decay on constant", run_body(noise=_noise(decay_rate=0.1)), 422, "invalid_parameter"),
     (
