@@ -2,7 +2,8 @@
 
 The facade below covers the common DP-SGD questions; the building blocks live in
 :mod:`dp_core.mechanisms`, :mod:`dp_core.rdp`, :mod:`dp_core.conversion`,
-:mod:`dp_core.accountant` and :mod:`dp_core.calibration`.
+:mod:`dp_core.accountant` and :mod:`dp_core.calibration`; PATE's aggregators and their analysis
+in :mod:`dp_core.pate`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ from dp_core.mechanisms import (
     Repeated,
     SampledGaussianSchedule,
 )
+from dp_core.pate import (
+    GNMaxQueries,
+    LNMaxQueries,
+    PateReport,
+    aggregate_votes,
+    analyze_votes,
+    mechanism_for_gaussian_release,
+    mechanism_for_laplace_release,
+    pate_mechanism,
+    votes_from_predictions,
+)
 from dp_core.rdp.orders import DEFAULT_ORDERS
 from dp_core.schedules import NoiseSchedule
 from dp_core.validation import non_negative_int
@@ -40,20 +52,29 @@ __all__ = [
     "DeltaReport",
     "DpCoreError",
     "EpsilonReport",
+    "GNMaxQueries",
     "Gaussian",
     "InvalidParameterError",
+    "LNMaxQueries",
     "Laplace",
     "NoiseCalibration",
     "NoiseSchedule",
+    "PateReport",
     "PoissonSampled",
     "RdpAccountant",
     "Repeated",
     "SampledGaussianSchedule",
     "StepsCalibration",
     "UnsupportedMechanismError",
+    "aggregate_votes",
+    "analyze_votes",
     "calibrate_noise_multiplier",
     "compute_epsilon",
     "max_steps",
+    "mechanism_for_gaussian_release",
+    "mechanism_for_laplace_release",
+    "pate_mechanism",
+    "votes_from_predictions",
 ]
 
 

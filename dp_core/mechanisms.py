@@ -201,7 +201,7 @@ def _decode(data: Any) -> Any:
         raise InvalidParameterError("mechanism", data, f"missing field {missing}") from None
 
 
-def mechanism_to_dict(mechanism: Mechanism) -> dict[str, Any]:
+def mechanism_to_dict(mechanism: object) -> dict[str, Any]:
     """Return the versioned JSON-ready description of ``mechanism``."""
     return {"version": MECHANISM_FORMAT_VERSION, "mechanism": _encode(mechanism)}
 

@@ -16,7 +16,6 @@ from dp_core.mechanisms import (
     Composed,
     Gaussian,
     Laplace,
-    Mechanism,
     PoissonSampled,
     Repeated,
     SampledGaussianSchedule,
@@ -101,7 +100,7 @@ def _rdp(mechanism: Any, orders: FloatArray) -> FloatArray:
     return function(mechanism, orders)
 
 
-def compute_rdp(mechanism: Mechanism, orders: object) -> FloatArray:
+def compute_rdp(mechanism: object, orders: object) -> FloatArray:
     """Return the RDP of ``mechanism`` at each of ``orders``, in the caller's order.
 
     Raises:

@@ -17,6 +17,10 @@ def test_public_all_is_exactly_the_facade():
             "Gaussian", "InvalidParameterError", "Laplace", "NoiseCalibration", "NoiseSchedule",
             "PoissonSampled", "RdpAccountant", "Repeated", "SampledGaussianSchedule", "StepsCalibration",
             "UnsupportedMechanismError", "calibrate_noise_multiplier", "compute_epsilon", "max_steps",
+            # PATE (dp_core.pate)
+            "GNMaxQueries", "LNMaxQueries", "PateReport", "aggregate_votes", "analyze_votes",
+            "mechanism_for_gaussian_release", "mechanism_for_laplace_release", "pate_mechanism",
+            "votes_from_predictions",
         ]
     )  # fmt: skip
     for name in dp_core.__all__:

@@ -1,0 +1,196 @@
+"""The `dpledger pate` command: noisy-max labels from teacher votes, and their privacy report.
+
+The work is split so that other front ends (e.g. a future `--service` mode that charges the
+ledger) can reuse it: :func:`load_votes` reads the input files, :func:`run_pate` aggregates and
+analyses an in-memory vote array (no I/O), and :func:`save_labels` writes the labels.
+Every bad input surfaces as a dp_core ``InvalidParameterError``, which the command turns into one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import typer
+
+from dp_core import DpCoreError, aggregate_votes, analyze_votes, pate_mechanism
+from dp_core.errors import InvalidParameterError
+from dp_core.mechanisms import Mechanism, mechanism_to_dict
+from dp_core.pate import validate_votes, votes_from_predictions
+
+
+def _load_array(option: str, path: Path) -> npt.NDArray[Any]:
+    """Read one array from a .npy file (never unpickling); I/O errors become dp_core errors."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InvalidParameterError(option, str(path), "file not found") from None
+    except (OSError, ValueError, EOFError) as error:
+        first_sentence = str(error).split(". ")[0].splitlines()[0] if str(error) else ""
+        reason = f"not a readable .npy array ({type(error).__name__}: {first_sentence})"
+        raise InvalidParameterError(option, str(path), reason) from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise InvalidParameterError(option, str(path), "must hold one array (.npy, not .npz)")
+    return array
+
+
+def load_votes(
+    *, votes: Path | None, predictions: Path | None, num_classes: int | None = None
+) -> npt.NDArray[np.float64]:
+    """Return the (queries x classes) vote counts from exactly one of the two files.
+
+    Args:
+        votes: A .npy file holding a (queries x classes) array of vote counts.
+        predictions: A .npy file holding a (teachers x queries) array of predicted labels.
+        num_classes: Number of classes of ``predictions`` (default: largest label + 1).
+    """
+    if (votes is None) == (predictions is None):
+        raise InvalidParameterError(
+            "votes", "--votes/--predictions", "give exactly one of --votes and --predictions"
+        )
+    if predictions is not None:
+        counts = votes_from_predictions(
+            _load_array("predictions", predictions), num_classes=num_classes
+        )
+        return validate_votes(counts)
+    counts_array = validate_votes(_load_array("votes", cast(Path, votes)))
+    if num_classes is not None and num_classes != counts_array.shape[1]:
+        raise InvalidParameterError(
+            "num_classes", num_classes, f"differs from the votes' {counts_array.shape[1]} classes"
+        )
+    return counts_array
+
+
+def run_pate(
+    votes: object,
+    *,
+    aggregator: str,
+    noise_multiplier: float,
+    delta: float,
+    seed: int | None = None,
+) -> tuple[npt.NDArray[np.int64], dict[str, Any]]:
+    """Aggregate ``votes`` and analyse them; nothing is read or written.
+
+    Returns:
+        The noisy labels, and a JSON-ready report: ``epsilon_data_independent`` (a DP guarantee,
+        what a ledger charges; ``mechanism`` is its record), ``epsilon_data_dependent`` (computed
+        from the votes, reporting only), their orders, the seed used (drawn when None) and the
+        share of noisy labels equal to the plurality vote.
+    """
+    counts = validate_votes(votes)
+    mechanism = pate_mechanism(
+        aggregator, noise_multiplier=noise_multiplier, queries=counts.shape[0]
+    )
+    seed = secrets.randbelow(2**32) if seed is None else seed
+    report = analyze_votes(counts, mechanism, delta=delta, warn=False)
+    labels = aggregate_votes(counts, mechanism, seed=seed)
+    agreement = float(np.mean(labels == np.argmax(counts, axis=1))) if labels.size else None
+    return labels, {
+        "aggregator": report.aggregator,
+        "noise_multiplier": noise_multiplier,
+        "queries": int(counts.shape[0]),
+        "classes": int(counts.shape[1]),
+        "seed": seed,
+        "delta": report.delta,
+        "epsilon_data_independent": report.epsilon_data_independent,
+        "order_data_independent": report.data_independent.order,
+        "epsilon_data_dependent": report.epsilon_data_dependent,
+        "order_data_dependent": report.data_dependent.order,
+        "at_grid_edge": report.data_independent.at_grid_edge or report.data_dependent.at_grid_edge,
+        "agreement_with_plurality": agreement,
+        # The record type is registered with the codec; `Mechanism` does not list PATE records yet.
+        "mechanism": mechanism_to_dict(cast(Mechanism, mechanism)),
+    }
+
+
+def save_labels(labels: npt.NDArray[np.int64], out: Path) -> Path:
+    """Write ``labels`` to ``out`` (``.npy`` appended if missing) and return the path written."""
+    path = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    try:
+        np.save(path, labels, allow_pickle=False)
+    except OSError as error:
+        raise InvalidParameterError("out", str(path), f"cannot write ({error.strerror})") from None
+    return path.resolve()
+
+
+def _default_out(votes: Path | None, predictions: Path | None) -> Path:
+    source = cast(Path, votes if votes is not None else predictions)
+    return source.with_name(source.stem + ".labels.npy")
+
+
+def _human(r: dict[str, Any]) -> str:
+    noise = "sigma" if r["aggregator"] == "gnmax" else "b"
+    agreement = r["agreement_with_plurality"]
+    agree = f"; {agreement:.1%} agree with the plurality vote" if agreement is not None else ""
+    return "\n".join(
+        [
+            f"noisy labels: {r['labels_path']} ({r['queries']} queries, {r['classes']} classes, "
+            f"{r['aggregator']} {noise} = {r['noise_multiplier']:g}, seed {r['seed']}{agree})",
+            f"epsilon_data_independent = {r['epsilon_data_independent']:.4f} at delta = "
+            f"{r['delta']:g} (Renyi order {r['order_data_independent']:.2f}; the DP guarantee)",
+            f"epsilon_data_dependent = {r['epsilon_data_dependent']:.4f} at delta = "
+            f"{r['delta']:g} (Renyi order {r['order_data_dependent']:.2f}; computed from the "
+            "votes: reporting only, not itself private)",
+        ]
+    )
+
+
+def pate(
+    aggregator: Annotated[str, typer.Option("--aggregator", help="gnmax or lnmax.")],
+    noise_multiplier: Annotated[
+        float,
+        typer.Option(
+            "--noise-multiplier",
+            help="Noise on each vote count, in votes: Gaussian std sigma (gnmax) or Laplace "
+            "scale b = 1/gamma (lnmax).",
+        ),
+    ],
+    delta: Annotated[float, typer.Option("--delta", help="Target delta, in (0, 1).")],
+    votes: Annotated[
+        Path | None, typer.Option("--votes", help=".npy file: (queries x classes) vote counts.")
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help=".npy file: (teachers x queries) predicted labels."),
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", help="Classes of --predictions.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the noise (default: random).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the labels (default: <input>.labels.npy)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Noisy-max labels (PATE) from teacher votes, with data-independent and data-dependent epsilon."""
+    try:
+        counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
+        labels, result = run_pate(
+            counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
+        )
+        path = save_labels(labels, out if out is not None else _default_out(votes, predictions))
+    except DpCoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    result = {"labels_path": str(path), **result}
+    if result["at_grid_edge"]:
+        typer.echo("warning: optimal Renyi order at the edge of the grid", err=True)
+    finite = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
+    }
+    typer.echo(json.dumps(finite) if as_json else _human(result))
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the `pate` command to the root CLI."""
+    cli.command("pate")(pate)
