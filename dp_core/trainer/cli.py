@@ -7,6 +7,7 @@ light); the command body imports :mod:`dp_core.trainer.recipe` when it runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -97,8 +98,21 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of data split, init, sampling, noise.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    distributed: Annotated[
+        bool | None,
+        typer.Option(
+            "--distributed/--no-distributed",
+            help="Data-parallel over torch.distributed (gloo); default: when torchrun's "
+            "WORLD_SIZE > 1. Launch: torchrun --nproc-per-node 2 --no-python dpledger train ...",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Train with DP-SGD, asking the ledger (or a local budget) before each epoch; print JSON."""
+    """Train with DP-SGD, asking the ledger (or a local budget) before each epoch; print JSON.
+
+    Under torchrun every rank trains its shard of the data; rank 0 alone asks the ledger, adds
+    the noise, checkpoints, shows the progress bar and prints the summary.
+    """
     from dp_core.trainer.errors import LedgerError
     from dp_core.trainer.recipe import TrainConfig, run_training
 
@@ -109,9 +123,11 @@ def train(
         service=service, token=token, dataset=dataset, budget_epsilon=budget_epsilon,
         max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
+        distributed=distributed,
     )  # fmt: skip
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        if progress:
+        if progress and main_rank:
             bar, on_step, on_epoch = _progress_callbacks()
             with bar:
                 summary = run_training(config, on_step=on_step, on_epoch=on_epoch)
@@ -123,7 +139,8 @@ def train(
     except DpCoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    sys.stdout.write(json.dumps(summary) + "\n")
+    if main_rank:
+        sys.stdout.write(json.dumps(summary) + "\n")
 
 
 def register(cli: typer.Typer) -> None:

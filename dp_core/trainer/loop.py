@@ -4,7 +4,8 @@ Each logical step t: draw a Poisson batch (rate q), compute the sum of per-examp
 gradients (clip norm C), add N(0, (s sigma_t C)^2) once, divide by the expected batch size qN,
 and let any torch optimizer step on the result. Before each epoch the loop asks its
 :class:`~dp_core.trainer.budget_gate.BudgetGate` (the only point where it meets the ledger) and
-stops cleanly, with a checkpoint, when refused.
+stops cleanly, with a checkpoint, when refused. Under an initialized ``torch.distributed`` group
+the same mechanism runs on W ranks (see :mod:`dp_core.trainer.distributed`).
 
 Two shapes of use, as Opacus users know them::
 
@@ -46,6 +47,13 @@ from dp_core.trainer.clipping import (
     FuncEngine,
     GradientEngine,
     MicrobatchAccumulator,
+)
+from dp_core.trainer.distributed import (
+    DistributedContext,
+    StepSums,
+    detect_context,
+    sampling_seed,
+    shard_indices,
 )
 from dp_core.trainer.noise import add_noise
 from dp_core.trainer.per_sample import LossFn, check_model_supported
@@ -185,6 +193,8 @@ class DPTrainer:
         seed: int | None = None,
         checkpoint_dir: str | Path | None = None,
         name: str = "dp-sgd",
+        distributed: bool | None = None,
+        dataset_is_shard: bool = False,
     ) -> None:
         """Wrap a model and optimizer for DP-SGD (see the module docstring for an example).
 
@@ -208,12 +218,26 @@ class DPTrainer:
             engine: ``auto`` (book-keeping when the model allows, else torch.func),
                 ``bookkeeping`` or ``func``.
             seed: Seed of the sampling and noise generators (``None``: nondeterministic).
-            checkpoint_dir: Where to save a checkpoint after each epoch and on a stop.
+            checkpoint_dir: Where to save a checkpoint after each epoch and on a stop (used on
+                rank 0 only when distributed).
             name: Run name given to the ledger.
+            distributed: Data-parallel over ``torch.distributed``: ``None`` when a process group
+                of two or more ranks is initialized, ``True`` to require one, ``False`` never.
+                Every rank must construct the trainer with the same settings; only rank 0's
+                ``gate`` is asked.
+            dataset_is_shard: When distributed, ``dataset`` is this rank's own shard; by default
+                it is the whole dataset on every rank and rank r trains on examples r, r + W, ...
         """
         check_model_supported(model)
         self.model, self.optimizer, self.dataset, self.loss_fn = model, optimizer, dataset, loss_fn
-        self.num_examples = len(dataset)  # type: ignore[arg-type]
+        self.dist = detect_context(distributed)
+        if self.dist is not None and num_microbatches is not None:
+            raise InvalidParameterError(
+                "num_microbatches",
+                num_microbatches,
+                "is not supported with torch.distributed (a microbatch would span ranks)",
+            )
+        self.num_examples = self._partition(dataset_is_shard)
         q = _resolve_sample_rate(self.num_examples, expected_batch_size, sample_rate)
         self.plan = RunPlan(
             sample_rate=q,
@@ -246,14 +270,44 @@ class DPTrainer:
             else FuncEngine(model, loss_fn)
         )
         base_seed = seed if seed is not None else secrets.randbits(62)
-        self.sampling_rng = torch.Generator().manual_seed(base_seed)
-        self.noise_rng = torch.Generator().manual_seed(base_seed + 1)
+        rank = 0 if self.dist is None else self.dist.rank
+        self.sampling_rng = torch.Generator().manual_seed(sampling_seed(base_seed, rank))
+        self.noise_rng = torch.Generator().manual_seed(base_seed + 1)  # used on rank 0 only
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.epoch = 0
         self.global_step = 0
         self.clip = self.plan.max_grad_norm
         self.stop_reason: str | None = None
         self.history: list[EpochStats] = []
+        if self.dist is not None:
+            self._join(self.dist)
+
+    def _partition(self, dataset_is_shard: bool) -> int:
+        """Set this rank's examples (``_shard``, ``_local_examples``); return the global N."""
+        local = len(self.dataset)  # type: ignore[arg-type]
+        self._shard: Tensor | None = None
+        self._local_examples = local
+        if self.dist is None:
+            return local
+        if dataset_is_shard:
+            return self.dist.global_count(local)
+        self.dist.check_same("len(dataset)", local)
+        self._shard = shard_indices(local, rank=self.dist.rank, world_size=self.dist.world_size)
+        self._local_examples = int(self._shard.numel())
+        return local
+
+    def _join(self, context: DistributedContext) -> None:
+        """Check every rank runs the same mechanism, then start from rank 0's model."""
+        context.check_same(
+            "settings",
+            {
+                "plan": self.plan.to_dict(),
+                "num_examples": self.num_examples,
+                "adaptive_clipping": self.adaptive,
+                "checkpointing": self.checkpoint_dir is not None,
+            },
+        )
+        context.sync_parameters([*self.model.parameters(), *self.model.buffers()])
 
     def _choose_engine(self, engine: str) -> str:
         if engine not in ENGINES:
@@ -336,8 +390,33 @@ class DPTrainer:
             )
         return sigma * (MICROBATCH_SENSITIVITY if self.num_microbatches is not None else 1.0)
 
+    def _release(self, sums: StepSums, *, sigma: float, clip: float) -> tuple[list[Tensor], float]:
+        """Add the step's one noise draw, divide by m, and update the clip norm.
+
+        Returns:
+            (the noisy gradients divided by the expected units m, the next clip norm).
+        """
+        std = self._gradient_noise_multiplier(sigma) * clip
+        noisy = add_noise([g.detach() for g in sums.grads], std, self.noise_rng)
+        grads = [g / self.expected_units for g in noisy]
+        if self.adaptive is None:
+            return grads, clip
+        next_clip, _ = update_clip_norm(
+            clip=clip,
+            unclipped=sums.unclipped,
+            units=sums.units,
+            expected_units=self.expected_units,
+            settings=self.adaptive,
+            generator=self.noise_rng,
+        )
+        return grads, next_clip
+
     def step(self, batch: LogicalBatch) -> StepStats:
-        """Run one DP-SGD step on a logical batch (Abadi et al. 2016, Algorithm 1)."""
+        """Run one DP-SGD step on a logical batch (Abadi et al. 2016, Algorithm 1).
+
+        When distributed, every rank calls this with its own batch of the same step; the stats
+        returned are those of the union of the ranks' batches.
+        """
         if batch.step != self.global_step:
             raise InvalidParameterError("step", batch.step, f"the next step is {self.global_step}")
         sigma = self.plan.schedule.noise_multiplier_at(self.global_step)
@@ -347,24 +426,20 @@ class DPTrainer:
         summed, units, unclipped, loss_sum, correct = self._clipped(batch.indices)
         if summed is None:  # empty Poisson batch: the step releases noise only
             summed = [torch.zeros_like(p) for p in params]
-        std = self._gradient_noise_multiplier(sigma) * clip
-        noisy = add_noise([g.detach() for g in summed], std, self.noise_rng)
-        for p, g in zip(params, noisy, strict=True):
-            p.grad = (g / self.expected_units).to(p.dtype)
+        sums = StepSums(summed, units, unclipped, int(batch.indices.numel()), loss_sum, correct)
+        if self.dist is None:
+            grads, self.clip = self._release(sums, sigma=sigma, clip=clip)
+        else:
+            grads, self.clip, sums = self.dist.reduce_release(
+                sums, lambda total: self._release(total, sigma=sigma, clip=clip)
+            )
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.to(p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.adaptive is not None:
-            self.clip, _ = update_clip_norm(
-                clip=clip,
-                unclipped=unclipped,
-                units=units,
-                expected_units=self.expected_units,
-                settings=self.adaptive,
-                generator=self.noise_rng,
-            )
         self.global_step += 1
         return StepStats(
-            self.global_step - 1, int(batch.indices.numel()), loss_sum, correct, sigma, clip
+            self.global_step - 1, sums.examples, sums.loss_sum, sums.correct, sigma, clip
         )
 
     # --- epochs and the gate --------------------------------------------------------------------
@@ -372,9 +447,15 @@ class DPTrainer:
     def _batches(self, epoch: int) -> Iterator[LogicalBatch]:
         first = epoch * self.plan.steps_per_epoch
         for step in range(first, first + self.plan.steps_per_epoch):
-            yield LogicalBatch(
-                step, poisson_batch(self.num_examples, self.plan.sample_rate, self.sampling_rng)
-            )
+            # This rank's part of the Poisson sample: its own examples, each kept with rate q.
+            indices = poisson_batch(self._local_examples, self.plan.sample_rate, self.sampling_rng)
+            yield LogicalBatch(step, indices if self._shard is None else self._shard[indices])
+
+    def _ask_gate(self, ask: Callable[[BudgetGate], GateDecision]) -> GateDecision:
+        """Ask the gate (rank 0's only, its decision broadcast, when distributed)."""
+        if self.dist is None:
+            return ask(self.gate)
+        return self.dist.call_on_main("the budget gate", lambda: ask(self.gate))
 
     def epochs(self) -> Iterator[Iterator[LogicalBatch]]:
         """Yield each epoch's logical batches, asking the gate before each epoch.
@@ -382,12 +463,14 @@ class DPTrainer:
         The caller must run :meth:`step` on every batch of an epoch. A checkpoint is saved after
         each epoch and when the gate refuses; :attr:`stop_reason` says why the run ended.
         """
-        decision = self.gate.open(self.plan)  # a resumed gate answers without registering again
+        # A resumed gate answers without registering again.
+        decision = self._ask_gate(lambda gate: gate.open(self.plan))
         if not decision.allowed:
             self._stop(f"refused: {decision.reason}")
             return
         while self.epoch < self.plan.epochs:
-            decision = self.gate.before_epoch(self.epoch)  # the one meeting point with the ledger
+            # The one meeting point with the ledger.
+            decision = self._ask_gate(lambda gate: gate.before_epoch(self.epoch))
             if not decision.allowed:
                 self._stop(f"refused: {decision.reason}")
                 return
@@ -402,7 +485,10 @@ class DPTrainer:
     def _stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.save()
-        self.gate.finish()
+        if self.dist is None:
+            self.gate.finish()
+        else:
+            self.dist.call_on_main("the budget gate", self.gate.finish)
 
     def fit(
         self,
@@ -445,8 +531,12 @@ class DPTrainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "checkpoint.pt"
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to resume: model, optimizer, RNGs, position, gate."""
-        return {
+        """Return everything needed to resume: model, optimizer, RNGs, position, gate.
+
+        When distributed, every rank must call this (it gathers each rank's sampling generator);
+        the gate's state is rank 0's.
+        """
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sampling_rng": self.sampling_rng.get_state(),
@@ -460,6 +550,10 @@ class DPTrainer:
             "stop_reason": self.stop_reason,
             "history": [asdict(h) for h in self.history],
         }
+        if self.dist is not None:
+            state["world_size"] = self.dist.world_size
+            state["sampling_rngs"] = self.dist.gather_tensors(self.sampling_rng.get_state())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the plan must be the one this trainer was built with."""
@@ -469,28 +563,51 @@ class DPTrainer:
                 state["plan"],
                 f"was saved for another plan than {self.plan.to_dict()}",
             )
+        world_size = 1 if self.dist is None else self.dist.world_size
+        if state.get("world_size", 1) != world_size:
+            raise InvalidParameterError(
+                "checkpoint",
+                state.get("world_size", 1),
+                f"was saved by another number of ranks than {world_size}",
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampling_rng.set_state(state["sampling_rng"])
+        self.sampling_rng.set_state(
+            state["sampling_rng"] if self.dist is None else state["sampling_rngs"][self.dist.rank]
+        )
         self.noise_rng.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.clip = float(state["max_grad_norm"])
-        self.gate.load_state_dict(state["gate"])
+        if self.dist is None or self.dist.is_main:  # the gate of other ranks is never asked
+            self.gate.load_state_dict(state["gate"])
         self.stop_reason = state["stop_reason"]
         self.history = [EpochStats(**h) for h in state["history"]]
 
     def save(self) -> None:
-        """Save a checkpoint when ``checkpoint_dir`` is set."""
-        if self.checkpoint_path is not None:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+        """Save a checkpoint when ``checkpoint_dir`` is set (rank 0 writes when distributed)."""
+        if self.checkpoint_path is None:
+            return
+        state = self.state_dict()
+        if self.dist is None or self.dist.is_main:
+            save_checkpoint(self.checkpoint_path, state)
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        path = self.checkpoint_path
+        return None if path is None or not path.exists() else load_checkpoint(path)
 
     def resume(self) -> bool:
-        """Load the checkpoint in ``checkpoint_dir`` if there is one; return whether it did."""
-        path = self.checkpoint_path
-        if path is None or not path.exists():
+        """Load the checkpoint in ``checkpoint_dir`` if there is one; return whether it did.
+
+        When distributed, rank 0 reads its checkpoint and broadcasts it to every rank.
+        """
+        if self.dist is None:
+            state = self._read_checkpoint()
+        else:
+            state = self.dist.call_on_main("reading the checkpoint", self._read_checkpoint)
+        if state is None:
             return False
-        self.load_state_dict(load_checkpoint(path))
+        self.load_state_dict(state)
         if self.stop_reason is not None and self.stop_reason.startswith("refused"):
             self.stop_reason = None  # a refusal may be lifted (e.g. a larger budget): ask again
         return True

@@ -6,11 +6,13 @@ torch, then calls :func:`run_training`. The recipe is a thin layer over the Pyth
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -25,7 +27,14 @@ from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
 from dp_core.trainer.models import build_model
 from dp_core.trainer.sampling import steps_per_epoch
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "build_optimizer", "evaluate", "run_training"]
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "build_optimizer",
+    "evaluate",
+    "launched_distributed",
+    "run_training",
+]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
 
@@ -57,6 +66,7 @@ class TrainConfig:
     engine: str = "auto"
     seed: int = 0
     threads: int | None = None
+    distributed: bool | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -124,6 +134,28 @@ def _gate(config: TrainConfig) -> BudgetGate | None:
     return None if budget is None else LocalBudgetGate(target_epsilon=budget, delta=config.delta)
 
 
+def launched_distributed(config: TrainConfig) -> bool:
+    """Return whether to train data-parallel: as configured, else when ``WORLD_SIZE`` > 1."""
+    if config.distributed is not None:
+        return config.distributed
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _join_group() -> bool:
+    """Initialize the gloo process group from torchrun's environment; return whether it did."""
+    if dist.is_initialized():
+        return False
+    missing = [
+        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+    ]
+    if missing:
+        raise InvalidParameterError(
+            "distributed", True, f"needs {', '.join(missing)} set: launch with torchrun"
+        )
+    dist.init_process_group("gloo")
+    return True
+
+
 def run_training(
     config: TrainConfig,
     *,
@@ -131,7 +163,31 @@ def run_training(
     on_epoch: Callable[[EpochStats], None] | None = None,
     gate: BudgetGate | None = None,
 ) -> dict[str, Any]:
-    """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's)."""
+    """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's).
+
+    When distributed, every rank calls this with the same config (torchrun sets the environment);
+    the process group is initialized here unless it already is, and every rank returns the same
+    summary.
+    """
+    distributed = launched_distributed(config)
+    owns_group = distributed and _join_group()
+    try:
+        return _train(
+            config, on_step=on_step, on_epoch=on_epoch, gate=gate, distributed=distributed
+        )
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    on_step: Callable[[StepStats], None] | None,
+    on_epoch: Callable[[EpochStats], None] | None,
+    gate: BudgetGate | None,
+    distributed: bool,
+) -> dict[str, Any]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -159,6 +215,7 @@ def run_training(
         seed=config.seed,
         checkpoint_dir=config.checkpoint_dir,
         name=f"dpledger-train-{config.model}-{config.data.split(':')[0]}",
+        distributed=distributed,
     )
     trainer.resume()
     result = trainer.fit(on_step=on_step, on_epoch=on_epoch)
@@ -178,4 +235,5 @@ def run_training(
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "checkpoint_path": result.checkpoint_path,
+        "world_size": 1 if trainer.dist is None else trainer.dist.world_size,
     }
