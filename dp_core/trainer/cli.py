@@ -84,6 +84,13 @@ def train(
         str | None, typer.Option(envvar="DPLEDGER_TOKEN", help="Bearer token.")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name in the ledger.")] = None,
+    reserve: Annotated[
+        str,
+        typer.Option(
+            help="With --service: 'plan' reserves every epoch at admission (guaranteed); 'epoch'"
+            " passes each epoch through the ledger's filter when it starts (may stop early)."
+        ),
+    ] = "plan",
     budget_epsilon: Annotated[float | None, typer.Option(help="Local budget (no service).")] = None,
     max_physical_batch_size: Annotated[
         int | None, typer.Option(help="Memory cap per pass.")
@@ -120,8 +127,8 @@ def train(
         data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, max_grad_norm=max_grad_norm,
         schedule=schedule, decay_rate=decay_rate, delta=delta, checkpoint_dir=checkpoint_dir,
-        service=service, token=token, dataset=dataset, budget_epsilon=budget_epsilon,
-        max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
+        service=service, token=token, dataset=dataset, reserve=reserve,
+        budget_epsilon=budget_epsilon, max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
         distributed=distributed,
     )  # fmt: skip

@@ -59,6 +59,7 @@ class TrainConfig:
     service: str | None = None
     token: str | None = None
     dataset: str | None = None
+    reserve: str = "plan"
     budget_epsilon: float | None = None
     max_physical_batch_size: int | None = None
     microbatches: int | None = None
@@ -129,7 +130,12 @@ def _gate(config: TrainConfig) -> BudgetGate | None:
                 config.budget_epsilon,
                 "is for local runs; the service holds the budget",
             )
-        return HttpBudgetGate(base_url=config.service, token=config.token, dataset=config.dataset)
+        return HttpBudgetGate(
+            base_url=config.service,
+            token=config.token,
+            dataset=config.dataset,
+            reservation=config.reserve,
+        )
     budget = config.budget_epsilon if config.budget_epsilon is not None else config.target_epsilon
     return None if budget is None else LocalBudgetGate(target_epsilon=budget, delta=config.delta)
 

@@ -94,3 +94,15 @@ def test_bad_input_exits_2_with_one_line(args, parameter):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert parameter in lines[0] and "Traceback" not in result.output
+
+
+def test_python_dash_m_runs_the_same_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "dpledger", "epsilon", "--sample-rate", "0.01",
+         "--noise-multiplier", "1.1", "--steps", "100", "--delta", "1e-5", "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert '"epsilon"' in out
