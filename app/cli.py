@@ -1,4 +1,10 @@
-"""Service commands of the ``dpledger`` CLI: ``serve``, ``db upgrade``, ``token create``.
+"""Service and admin commands of the ``dpledger`` CLI.
+
+``serve``, ``db upgrade``, ``dataset create|list``, ``token create|list|revoke`` and
+``ledger export``. They work on the database of ``DPLEDGER_DATABASE_URL`` directly (whoever can
+run them can read that database anyway) and go through the same services, hence the same
+validation, as the API. Bad input or an unknown name: one line on stderr, exit code 2, nothing
+written.
 
 Heavy imports (FastAPI, uvicorn, SQLAlchemy) happen inside the commands, so ``dpledger epsilon``
 does not pay for them.
@@ -7,30 +13,118 @@ does not pay for them.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.auth import Principal
+
 db_cli = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 token_cli = typer.Typer(help="API tokens.", no_args_is_help=True)
+dataset_cli = typer.Typer(help="Datasets and their budgets.", no_args_is_help=True)
+ledger_cli = typer.Typer(help="The append-only ledger.", no_args_is_help=True)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn invalid input, domain and database errors into one line on stderr and exit code 2."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.errors import AppError
+
+    try:
+        yield
+    except ValidationError as error:
+        first = error.errors()[0]
+        _fail(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    except AppError as error:
+        _fail(f"{error.code}: {error.message}")
+    except SQLAlchemyError as error:
+        cause = getattr(error, "orig", None) or error
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        _fail(f"database: {detail}")
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    """Open a session on the configured database, migrated to the latest revision first."""
+    from app.db import create_db_engine, make_session_factory, upgrade_database
+    from app.settings import get_settings
+
+    settings = get_settings()
+    upgrade_database(settings)
+    engine = create_db_engine(settings)
+    try:
+        with make_session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _cli_principal() -> Principal:
+    """The local operator: an admin (ledger entries and datasets name it ``admin:cli``)."""
+    from app.auth import Principal
+    from app.schemas import Role
+
+    return Principal(token_id=0, name="cli", role=Role.admin, datasets=frozenset())
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+# --- serve, db --------------------------------------------------------------------------------
 
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings).")] = None,
 ) -> None:
-    """Run the ledger service (applies migrations first; SQLite by default)."""
+    """Run the ledger service (applies migrations first; SQLite by default).
+
+    Logs go to stderr, one JSON object per line (DPLEDGER_LOG_FORMAT, DPLEDGER_LOG_LEVEL).
+    """
     import uvicorn
 
+    from app.logging_config import configure_logging
     from app.main import create_app
     from app.settings import get_settings
 
     settings = get_settings()
+    configure_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
-        log_level="info",
+        log_config=None,  # keep the handler configure_logging installed on the root logger
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the request middleware logs each request, with its id and latency
     )
 
 
@@ -42,8 +136,92 @@ def db_upgrade(
     from app.db import upgrade_database
     from app.settings import get_settings
 
-    upgrade_database(get_settings(), revision)
+    with _one_line_errors():
+        upgrade_database(get_settings(), revision)
     typer.echo(f"database upgraded to {revision}")
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+@dataset_cli.command("create")
+def dataset_create(
+    name: Annotated[str, typer.Option(help="Dataset name (lowercase letters, digits, - and _).")],
+    target_epsilon: Annotated[float, typer.Option(help="The dataset's total epsilon.")],
+    target_delta: Annotated[float, typer.Option(help="The dataset's total delta, in (0, 1).")],
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    as_json: AsJson = False,
+) -> None:
+    """Create a dataset with its budget (the default grid of orders, uniform weights)."""
+    from app.schemas import DatasetCreate
+    from app.services.datasets import create_dataset
+
+    with _one_line_errors():
+        body = DatasetCreate(
+            name=name,
+            description=description,
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+        )
+        with _session() as session:
+            created = create_dataset(session, body, _cli_principal())
+    if as_json:
+        typer.echo(created.model_dump_json())
+    else:
+        typer.echo(
+            f"created dataset {created.name} (epsilon {created.target_epsilon:g},"
+            f" delta {created.target_delta:g}, {len(created.orders)} orders)"
+        )
+
+
+def _all_datasets(session: Session) -> list[dict[str, Any]]:
+    from app.schemas import DatasetRead
+    from app.services.budget_summary import summarize_budgets
+    from app.services.datasets import list_datasets
+
+    principal, page = _cli_principal(), 1000
+    items: list[DatasetRead] = []
+    while True:
+        listed = list_datasets(session, principal, limit=page, offset=len(items))
+        items.extend(listed.items)
+        if len(items) >= listed.total or not listed.items:
+            break
+    budgets = {summary.dataset: summary for summary in summarize_budgets(session)}
+    rows = []
+    for dataset in items:
+        row = dataset.model_dump(mode="json", exclude={"orders", "weights"})
+        budget = budgets.get(dataset.name)
+        for key in ("epsilon_spent", "epsilon_reserved", "epsilon_remaining"):
+            value = None if budget is None else getattr(budget, key)
+            row[key] = value if value is not None and math.isfinite(value) else None
+        rows.append(row)
+    return rows
+
+
+@dataset_cli.command("list")
+def dataset_list(as_json: AsJson = False) -> None:
+    """List the datasets with their budgets (epsilons as the admission filter sees them)."""
+    with _one_line_errors(), _session() as session:
+        rows = _all_datasets(session)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    header = ["name", "target_epsilon", "target_delta", "spent", "reserved", "remaining"]
+    cells = [
+        [
+            row["name"],
+            _number(row["target_epsilon"]),
+            _number(row["target_delta"]),
+            _number(row["epsilon_spent"]),
+            _number(row["epsilon_reserved"]),
+            _number(row["epsilon_remaining"]),
+        ]
+        for row in rows
+    ]
+    typer.echo(_table(cells, header))
+
+
+# --- tokens -----------------------------------------------------------------------------------
 
 
 @token_cli.command("create")
@@ -53,38 +231,111 @@ def token_create(
         list[str] | None, typer.Option(help="A dataset a trainer token may charge (repeatable).")
     ] = None,
     name: Annotated[str, typer.Option(help="A label for the token.")] = "cli",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Create an API token and print it (the only time it is shown)."""
-    from pydantic import ValidationError
-
-    from app.db import create_db_engine, make_session_factory, upgrade_database
     from app.schemas import TokenCreate
     from app.services.tokens import create_token
-    from app.settings import get_settings
 
-    try:
+    with _one_line_errors():
         body = TokenCreate(name=name, role=role, datasets=dataset or [])  # type: ignore[arg-type]
-    except ValidationError as error:
-        first = error.errors()[0]
-        typer.echo(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}", err=True)
-        raise typer.Exit(2) from None
-    settings = get_settings()
-    upgrade_database(settings)
-    engine = create_db_engine(settings)
-    try:
-        with make_session_factory(engine)() as session:
+        with _session() as session:
             created = create_token(session, body, None)
-    finally:
-        engine.dispose()
     if as_json:
         typer.echo(json.dumps(created.model_dump()))
     else:
         typer.echo(created.token)
 
 
+@token_cli.command("list")
+def token_list(as_json: AsJson = False) -> None:
+    """List the tokens (ids, names, roles, datasets; never the secrets, which are not stored)."""
+    from app.services.token_admin import list_tokens
+
+    with _one_line_errors(), _session() as session:
+        tokens = list_tokens(session)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "id": t.id,
+                        "name": t.name,
+                        "role": t.role.value,
+                        "datasets": t.datasets,
+                        "created_at": t.created_at.isoformat(),
+                    }
+                    for t in tokens
+                ]
+            )
+        )
+        return
+    cells = [
+        [str(t.id), t.name, t.role.value, ",".join(t.datasets) or "-", t.created_at.isoformat()]
+        for t in tokens
+    ]
+    typer.echo(_table(cells, ["id", "name", "role", "datasets", "created_at"]))
+
+
+@token_cli.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (token list).")],
+) -> None:
+    """Revoke a token: every replica refuses it from its next request on."""
+    from app.services.token_admin import revoke_token
+
+    with _one_line_errors(), _session() as session:
+        revoked = revoke_token(session, token_id)
+    typer.echo(f"revoked token {revoked.id} ({revoked.name}, {revoked.role.value})")
+    if revoked.name == "bootstrap":
+        typer.echo(
+            "note: the service registers DPLEDGER_BOOTSTRAP_TOKEN again when it starts; unset it",
+            err=True,
+        )
+
+
+# --- ledger -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic_output(output: Path | None) -> Iterator[Any]:
+    """Yield a text stream: stdout, or a temporary file renamed to ``output`` only on success."""
+    if output is None:
+        yield sys.stdout
+        return
+    target = output.expanduser().resolve()
+    if not target.parent.is_dir():
+        _fail(f"invalid output: directory {str(target.parent)!r} does not exist")
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            yield stream
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@ledger_cli.command("export")
+def ledger_export(
+    dataset: Annotated[str, typer.Option(help="The dataset whose ledger to export.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Write here instead of stdout (replaced atomically).")
+    ] = None,
+) -> None:
+    """Export every ledger entry as JSON lines, in id order (for audit)."""
+    from app.services.ledger_export import export_ledger
+
+    with _one_line_errors(), _session() as session, _atomic_output(output) as stream:
+        count = export_ledger(session, dataset, stream.write)
+    if output is not None:
+        typer.echo(f"exported {count} ledger entries of {dataset} to {output}", err=True)
+
+
 def register(cli: typer.Typer) -> None:
     """Add the service commands to the root ``dpledger`` app."""
     cli.command("serve")(serve)
     cli.add_typer(db_cli, name="db")
+    cli.add_typer(dataset_cli, name="dataset")
     cli.add_typer(token_cli, name="token")
+    cli.add_typer(ledger_cli, name="ledger")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, generate_token, hash_token
@@ -41,11 +42,17 @@ def create_token(session: Session, body: TokenCreate, principal: Principal | Non
 def register_bootstrap_token(session: Session, token: str) -> None:
     """Make sure ``token`` (from DPLEDGER_BOOTSTRAP_TOKEN) is an admin token."""
     digest = hash_token(token)
-    with write_transaction(session):
-        if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is None:
-            session.add(
-                ApiToken(token_hash=digest, name="bootstrap", role=Role.admin.value, datasets=[])
-            )
+    try:
+        with write_transaction(session):
+            if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is None:
+                session.add(
+                    ApiToken(
+                        token_hash=digest, name="bootstrap", role=Role.admin.value, datasets=[]
+                    )
+                )
+    except IntegrityError:
+        # Another replica starting at the same moment registered it first: that is the goal.
+        pass
 
 
 def create_initial_token(session: Session) -> str | None:

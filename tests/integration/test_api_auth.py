@@ -79,3 +79,27 @@ async def test_tokens_are_stored_hashed(client, database_url):
         engine.dispose()
     assert hash_token(token) in hashes and hash_token(ADMIN_TOKEN) in hashes
     assert token not in hashes and ADMIN_TOKEN not in hashes
+
+
+def test_bootstrap_token_race_between_replicas_is_harmless(settings, monkeypatch):
+    """Two replicas may both see no bootstrap token and insert it: the loser must not crash."""
+    from sqlalchemy import func, select
+
+    from app.db import create_db_engine, make_session_factory, upgrade_database
+    from app.models import ApiToken
+    from app.services import tokens
+
+    upgrade_database(settings)
+    engine = create_db_engine(settings)
+    try:
+        factory = make_session_factory(engine)
+        with factory() as session:
+            tokens.register_bootstrap_token(session, "dpl_same_secret")
+        with factory() as session:
+            # The second replica checked before the first one committed: it sees no row.
+            monkeypatch.setattr(session, "scalar", lambda *args, **kwargs: None)
+            tokens.register_bootstrap_token(session, "dpl_same_secret")
+        with factory() as session:
+            assert session.execute(select(func.count()).select_from(ApiToken)).scalar_one() == 1
+    finally:
+        engine.dispose()

@@ -1,0 +1,190 @@
+"""The dashboard: server-rendered pages (Jinja2) over the ledger, and the login form.
+
+Pages accept a login cookie (set by ``POST /login``) or, for API clients, a bearer header; any
+role may read, with the same per-dataset rules as the JSON API. Without a valid login a page
+answers 303 to ``/login``.
+
+The cookie holds the API token itself: HttpOnly (no script can read it), SameSite=Lax (a
+cross-site POST or sub-request never carries it, which is the CSRF defence for the two state-
+changing forms, login and logout; the pages themselves only read), Secure when the request came
+over https. Tokens never appear in URLs: the login form is a POST. Jinja autoescapes every value,
+and the pages carry a Content-Security-Policy that allows scripts from this origin only (chart
+data travels as JSON in a non-executable ``<script type="application/json">`` block).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import APIRouter, Form, Query, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.api.deps import SESSION_COOKIE, PagePrincipalDep, SessionDep
+from app.api.routes.runs import RunId
+from app.services import dashboard
+
+_HERE = Path(__file__).resolve().parents[2]
+TEMPLATES_DIR = _HERE / "templates"
+STATIC_DIR = _HERE / "static"
+STATIC_PATH = "/dashboard/static"
+STATIC_NAME = "dashboard-static"
+
+#: Where a login may send the browser afterwards: dashboard paths only (no open redirect).
+_NEXT_PATH = re.compile(r"/dashboard(/[A-Za-z0-9_.~-]+)*/?")
+_COOKIE_MAX_AGE_S = 12 * 3600
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _format_epsilon(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:.4f}"
+
+
+def _make_templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,  # every template, whatever its extension
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["eps"] = _format_epsilon
+    return Jinja2Templates(env=env)
+
+
+templates = _make_templates()
+router = APIRouter(include_in_schema=False)
+
+
+def static_files() -> StaticFiles:
+    """Return the app for the vendored chart library, the stylesheet and the page script."""
+    return StaticFiles(directory=STATIC_DIR)
+
+
+def _page(
+    request: Request, name: str, context: dict[str, Any], status_code: int = status.HTTP_200_OK
+) -> HTMLResponse:
+    context = {"static_path": STATIC_PATH, **context}
+    return templates.TemplateResponse(
+        request, name, context, status_code=status_code, headers=_PAGE_HEADERS
+    )
+
+
+def _safe_next(value: str | None) -> str:
+    # No "." or ".." segments either, so the target stays under /dashboard once normalised.
+    ok = value and _NEXT_PATH.fullmatch(value) and "/." not in value
+    return value if ok and value else "/dashboard"
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    # The path only (no query string), and only if it is a dashboard path.
+    target = _safe_next(request.url.path)
+    return RedirectResponse(f"/login?next={target}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def render_error_page(request: Request, status_code: int, message: str) -> HTMLResponse | None:
+    """Return an HTML error page for a browser on a dashboard page, else None (JSON as usual).
+
+    Called by the app's one error handler, so the mapping of errors to statuses stays there.
+    """
+    if not request.url.path.startswith("/dashboard"):
+        return None
+    if "text/html" not in request.headers.get("accept", ""):
+        return None
+    return _page(request, "error.html", {"status": status_code, "message": message}, status_code)
+
+
+@router.get("/login")
+def login_form(request: Request, next: Annotated[str | None, Query()] = None) -> Response:
+    """Show the login form."""
+    return _page(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str, Form()],
+    next: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Check the token; on success keep it in the login cookie and go to the dashboard."""
+    principal = dashboard.try_authenticate(session, token.strip())
+    if principal is None:
+        context = {"next": _safe_next(next), "error": "Unknown or revoked token."}
+        return _page(request, "login.html", context, status.HTTP_401_UNAUTHORIZED)
+    response = RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token.strip(),
+        max_age=_COOKIE_MAX_AGE_S,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    """Clear the login cookie."""
+    response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/dashboard")
+def list_datasets_page(
+    request: Request,
+    session: SessionDep,
+    principal: PagePrincipalDep,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> Response:
+    """All datasets this caller may read: budget bar, number of runs, last activity."""
+    if principal is None:
+        return _to_login(request)
+    overview = dashboard.list_dataset_summaries(session, principal, offset=offset)
+    return _page(request, "datasets.html", {"principal": principal, "overview": overview})
+
+
+@router.get("/dashboard/datasets/{name}")
+def get_dataset_page(
+    name: str, request: Request, session: SessionDep, principal: PagePrincipalDep
+) -> Response:
+    """One dataset: epsilon over time, runs, per-order headroom, non-adaptive epsilon."""
+    if principal is None:
+        return _to_login(request)
+    detail = dashboard.get_dataset_detail(session, name, principal)
+    chart = dashboard.spend_chart(detail.history, detail.budget.target_epsilon)
+    return _page(request, "dataset.html", {"principal": principal, "d": detail, "chart": chart})
+
+
+@router.get("/dashboard/runs/{run_id}")
+def get_run_page(
+    run_id: RunId, request: Request, session: SessionDep, principal: PagePrincipalDep
+) -> Response:
+    """One run: its planned against its charged RDP curve, and its ledger entries."""
+    if principal is None:
+        return _to_login(request)
+    detail = dashboard.get_run_detail(session, run_id, principal)
+    chart = dashboard.run_chart(detail)
+    return _page(request, "run.html", {"principal": principal, "r": detail, "chart": chart})
