@@ -10,13 +10,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.api.routes import accountant, datasets, health, runs, tokens
+from app.api.routes import accountant, dashboard, datasets, health, runs, tokens
+from app.api.routes import metrics as metrics_routes
 from app.db import create_db_engine, make_session_factory, upgrade_database
 from app.errors import AppError
+from app.observability import install_observability
 from app.services.tokens import create_initial_token, register_bootstrap_token
 from app.settings import Settings, get_settings
 
@@ -36,10 +38,11 @@ def _error(status: int, body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
-async def handle_app_error(_request: Request, exc: Exception) -> JSONResponse:
-    """Turn a domain error into ``{code, message, ...}`` with its status."""
+async def handle_app_error(request: Request, exc: Exception) -> Response:
+    """Turn a domain error into ``{code, message, ...}`` with its status (a dashboard page: HTML)."""
     assert isinstance(exc, AppError)
-    return _error(exc.status_code, exc.to_body())
+    page = dashboard.render_error_page(request, exc.status_code, exc.message)
+    return page or _error(exc.status_code, exc.to_body())
 
 
 async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -99,8 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, datasets, runs, accountant, tokens):
+    install_observability(app, lambda: app.state.session_factory())
+    app.include_router(metrics_routes.router)
+    for module in (health, datasets, runs, accountant, tokens, dashboard):
         app.include_router(module.router)
+    app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name=dashboard.STATIC_NAME)
     app.add_exception_handler(AppError, handle_app_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)

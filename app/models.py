@@ -101,6 +101,12 @@ class Dataset(Base):
     rdp_reserved: Mapped[FloatArray] = mapped_column(RdpVector)
     rdp_committed: Mapped[FloatArray] = mapped_column(RdpVector)
     alive: Mapped[list[bool]] = mapped_column(JSON)
+    #: The approximate-DP sub-budget carved out of (target_epsilon, target_delta) at creation for
+    #: black-box releases (basic composition), and what they spent; the filter gets the rest.
+    approx_epsilon: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    approx_delta: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    approx_epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    approx_delta_spent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 
@@ -113,12 +119,16 @@ class Run(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
     name: Mapped[str] = mapped_column(String(128))
-    sample_rate: Mapped[float] = mapped_column(Float)
-    steps_per_epoch: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32), default="dp_sgd", server_default="dp_sgd")
+    #: The mechanism as requested (defaults filled), for every kind; the DP-SGD columns below
+    #: repeat it for DP-SGD runs and are null for the other kinds.
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    sample_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps_per_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     epochs: Mapped[int] = mapped_column(Integer)
-    noise_schedule: Mapped[str] = mapped_column(String(32))
-    noise_multiplier: Mapped[float] = mapped_column(Float)
-    decay_rate: Mapped[float] = mapped_column(Float)
+    noise_schedule: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    decay_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
     reservation: Mapped[str] = mapped_column(String(16), default="plan", server_default="plan")
     status: Mapped[str] = mapped_column(String(16))

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["mnist"])]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -85,6 +85,25 @@ class DatasetCreate(Request):
         default=None,
         description="Share of target_delta per order (sum 1); default: uniform over the orders.",
     )
+    approx_dp_epsilon: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)] = Field(
+        default=0.0,
+        description=(
+            "Part of target_epsilon set aside for black-box (epsilon, delta) releases, spent by"
+            " basic composition; the admission filter gets the rest. Default 0: none allowed."
+        ),
+    )
+    approx_dp_delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = Field(
+        default=0.0, description="Part of target_delta set aside for black-box releases."
+    )
+
+
+class ApproxDpBudget(BaseModel):
+    """The approximate-DP sub-budget of a dataset and what black-box releases spent of it."""
+
+    epsilon: float
+    delta: float
+    epsilon_spent: float
+    delta_spent: float
 
 
 class DatasetRead(BaseModel):
@@ -96,6 +115,7 @@ class DatasetRead(BaseModel):
     target_delta: float
     orders: list[float]
     weights: list[float]
+    approx_dp: ApproxDpBudget
     created_at: datetime
 
 
@@ -117,38 +137,156 @@ class NoiseSpec(Request):
     decay_rate: DecayRate = 0.0
 
 
+class MechanismKind(StrEnum):
+    """What a run does with the data; each kind is charged against the same dataset budget."""
+
+    dp_sgd = "dp_sgd"
+    pate = "pate"
+    laplace_release = "laplace_release"
+    gaussian_release = "gaussian_release"
+    approx_dp_release = "approx_dp_release"
+
+
+RunSampleRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+StepsPerEpoch = Annotated[int, Field(ge=1, le=10_000_000)]
+PlannedEpochs = Annotated[int, Field(ge=1, le=10_000)]
+Sensitivity = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+NoiseAmount = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+
+
+class DpSgdMechanism(Request):
+    """DP-SGD: Poisson sampling with ``sample_rate``, ``epochs`` planned, a noise schedule."""
+
+    kind: Literal["dp_sgd"]
+    sample_rate: RunSampleRate
+    steps_per_epoch: StepsPerEpoch | None = Field(
+        default=None, description="Default: ceil(1 / sample_rate)."
+    )
+    epochs: PlannedEpochs
+    noise: NoiseSpec
+    max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+
+
+class PateMechanism(Request):
+    """PATE label aggregation: ``queries`` noisy-max answers over teacher votes, charged per batch.
+
+    ``noise_multiplier`` is the noise on each vote count, in votes: the Gaussian std sigma for
+    ``gnmax`` (Papernot et al. 2018), the Laplace scale b = 1/gamma for ``lnmax`` (Papernot et
+    al. 2017). The whole data-independent RDP curve is reserved at admission (or per batch with
+    ``reservation=epoch``); batch n is charged with ``POST /v1/runs/{id}/batches``.
+    """
+
+    kind: Literal["pate"]
+    aggregator: Literal["gnmax", "lnmax"]
+    noise_multiplier: NoiseAmount
+    queries: Annotated[int, Field(ge=1, le=100_000_000)]
+    batch_size: Annotated[int, Field(ge=1, le=100_000_000)] | None = Field(
+        default=None, description="Queries per charge; default: all queries in one batch."
+    )
+
+
+class LaplaceRelease(Request):
+    """One release of a statistic with L1 ``sensitivity`` plus Laplace noise of scale ``noise_scale``."""
+
+    kind: Literal["laplace_release"]
+    sensitivity: Sensitivity
+    noise_scale: NoiseAmount
+
+
+class GaussianRelease(Request):
+    """One release of a statistic with L2 ``sensitivity`` plus Gaussian noise of std ``noise_std``."""
+
+    kind: Literal["gaussian_release"]
+    sensitivity: Sensitivity
+    noise_std: NoiseAmount
+
+
+class ApproxDpRelease(Request):
+    """A black-box (epsilon, delta)-DP release: charged to the dataset's approximate-DP sub-budget."""
+
+    kind: Literal["approx_dp_release"]
+    epsilon: Epsilon
+    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
+AnyMechanism = DpSgdMechanism | PateMechanism | LaplaceRelease | GaussianRelease | ApproxDpRelease
+MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
+
+
 class RunCreate(Request):
-    """A planned DP-SGD run: Poisson sampling with ``sample_rate``, ``epochs`` planned."""
+    """A run: DP-SGD given by the top-level fields, or any mechanism given as ``mechanism``.
+
+    The top-level ``sample_rate``/``epochs``/``noise`` fields are the DP-SGD form (what the
+    trainer sends); ``mechanism`` takes one of the kinds, DP-SGD included. Give one form, not both.
+    Releases (laplace/gaussian/approx_dp) are admitted and charged at once.
+    """
 
     dataset: Slug
     name: Annotated[str, Field(min_length=1, max_length=128)]
-    sample_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-    steps_per_epoch: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+    sample_rate: RunSampleRate | None = None
+    steps_per_epoch: StepsPerEpoch | None = Field(
         default=None, description="Default: ceil(1 / sample_rate)."
     )
-    epochs: Annotated[int, Field(ge=1, le=10_000)]
-    noise: NoiseSpec
+    epochs: PlannedEpochs | None = None
+    noise: NoiseSpec | None = None
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    mechanism: MechanismSpec | None = None
     reservation: Reservation = Field(
         default=Reservation.plan,
         strict=False,  # accept the enum's string values from JSON
         description=(
-            "plan: reserve every planned epoch at admission (guaranteed); epoch: each epoch"
+            "plan: reserve every planned epoch (batch) at admission (guaranteed); epoch: each epoch"
             " passes the filter when charged (pay as you go; may be refused mid-run)."
         ),
     )
 
+    @model_validator(mode="after")
+    def _one_form(self) -> RunCreate:
+        given = [name for name in _DP_SGD_FIELDS if getattr(self, name) is not None]
+        if self.mechanism is not None and given:
+            raise ValueError(
+                f"give either mechanism or the top-level DP-SGD fields, not both ({', '.join(given)})"
+            )
+        if self.mechanism is None:
+            missing = [name for name in ("sample_rate", "epochs", "noise") if name not in given]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)} (or give a mechanism)")
+        return self
+
+    def resolved_mechanism(self) -> AnyMechanism:
+        """Return the mechanism, building the DP-SGD one from the top-level fields if needed."""
+        if self.mechanism is not None:
+            return self.mechanism
+        assert self.sample_rate is not None and self.epochs is not None and self.noise is not None
+        return DpSgdMechanism(
+            kind="dp_sgd",
+            sample_rate=self.sample_rate,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs,
+            noise=self.noise,
+            max_grad_norm=self.max_grad_norm,
+        )
+
+
+_DP_SGD_FIELDS = ("sample_rate", "steps_per_epoch", "epochs", "noise", "max_grad_norm")
+
 
 class RunRead(BaseModel):
-    """A run and where it stands."""
+    """A run and where it stands; the DP-SGD fields are null for other kinds.
+
+    ``epochs`` and ``epochs_charged`` count the run's units of charge: epochs of DP-SGD, batches
+    of PATE queries, and 1 for a release.
+    """
 
     id: int
     dataset: str
     name: str
-    sample_rate: float
-    steps_per_epoch: int
+    kind: MechanismKind
+    mechanism: dict[str, Any] = Field(description="The mechanism as requested (defaults filled).")
+    sample_rate: float | None
+    steps_per_epoch: int | None
     epochs: int
-    noise: NoiseSpec
+    noise: NoiseSpec | None
     max_grad_norm: float | None
     reservation: Reservation
     status: RunStatus
@@ -163,13 +301,21 @@ class AdmissionPreview(BaseModel):
     admitted: Literal[True] = True
     epsilon_projected: float = Field(description="Filter epsilon after admitting the run.")
     epsilon_remaining: float = Field(description="Filter epsilon left before admitting it.")
-    order: float = Field(description="An alive order at which the run fits.")
+    order: float | None = Field(
+        description="An alive order at which the run fits (null for approx_dp_release)."
+    )
 
 
 class EpochCharge(Request):
     """The epoch the trainer is about to start (0-based)."""
 
     epoch: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class BatchCharge(Request):
+    """The batch of PATE queries the caller is about to answer (0-based)."""
+
+    batch: Annotated[int, Field(ge=0, le=100_000_000)]
 
 
 class EpochChargeRead(BaseModel):
@@ -221,11 +367,25 @@ class RunBudget(BaseModel):
 
     id: int
     name: str
+    kind: MechanismKind
     status: RunStatus
     epochs: int
     epochs_charged: int
     epsilon_committed: float | None = Field(
         description="Epsilon of this run's charges alone, at target_delta."
+    )
+
+
+class KindSpend(BaseModel):
+    """What one mechanism kind spent on a dataset."""
+
+    kind: MechanismKind
+    runs: int
+    epsilon_committed: float | None = Field(
+        description=(
+            "Epsilon of this kind's charges alone: the plain RDP conversion at target_delta, or"
+            " the sum of epsilons for approx_dp_release."
+        )
     )
 
 
@@ -235,11 +395,15 @@ class BudgetRead(BaseModel):
     dataset: str
     target_epsilon: float
     target_delta: float
-    epsilon_spent: float | None = Field(description="Filter epsilon of the committed charges.")
-    epsilon_reserved: float | None = Field(
-        description="Filter epsilon of committed charges plus open reservations."
+    epsilon_spent: float | None = Field(
+        description="Filter epsilon of the committed charges, plus the approx-DP epsilon spent."
     )
-    epsilon_remaining: float = Field(description="target_epsilon minus epsilon_reserved, >= 0.")
+    epsilon_reserved: float | None = Field(
+        description="As epsilon_spent, with the open reservations."
+    )
+    epsilon_remaining: float = Field(
+        description="What RDP mechanisms may still reserve: the filter's budget minus its use, >= 0."
+    )
     epsilon_non_adaptive: float | None = Field(
         description=(
             "Plain RDP-accountant epsilon of the committed RDP at target_delta (what Opacus would"
@@ -248,6 +412,10 @@ class BudgetRead(BaseModel):
         )
     )
     runs: list[RunBudget]
+    by_kind: list[KindSpend] = Field(description="Committed spend per mechanism kind.")
+    approx_dp: ApproxDpBudget = Field(
+        description="The black-box sub-budget (basic composition), included in epsilon_spent."
+    )
     orders: list[OrderHeadroom]
 
 

@@ -1,8 +1,9 @@
 """The `dpledger pate` command: noisy-max labels from teacher votes, and their privacy report.
 
-The work is split so that other front ends (e.g. a future `--service` mode that charges the
-ledger) can reuse it: :func:`load_votes` reads the input files, :func:`run_pate` aggregates and
-analyses an in-memory vote array (no I/O), and :func:`save_labels` writes the labels.
+The work is split so that other front ends can reuse it: :func:`load_votes` reads the input
+files, :func:`run_pate` aggregates and analyses an in-memory vote array (no I/O),
+:func:`save_labels` writes the labels, and :func:`charge_pate_job` registers the job with the
+ledger service and charges its batches (``--service``).
 Every bad input surfaces as a dp_core ``InvalidParameterError``, which the command turns into one
 line on stderr and exit code 2.
 """
@@ -15,13 +16,14 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import typer
 
 from dp_core import DpCoreError, aggregate_votes, analyze_votes, pate_mechanism
 from dp_core.errors import InvalidParameterError
-from dp_core.mechanisms import Mechanism, mechanism_to_dict
+from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import validate_votes, votes_from_predictions
 
 
@@ -105,8 +107,7 @@ def run_pate(
         "order_data_dependent": report.data_dependent.order,
         "at_grid_edge": report.data_independent.at_grid_edge or report.data_dependent.at_grid_edge,
         "agreement_with_plurality": agreement,
-        # The record type is registered with the codec; `Mechanism` does not list PATE records yet.
-        "mechanism": mechanism_to_dict(cast(Mechanism, mechanism)),
+        "mechanism": mechanism_to_dict(mechanism),
     }
 
 
@@ -118,6 +119,78 @@ def save_labels(labels: npt.NDArray[np.int64], out: Path) -> Path:
     except OSError as error:
         raise InvalidParameterError("out", str(path), f"cannot write ({error.strerror})") from None
     return path.resolve()
+
+
+class LedgerRefusal(Exception):
+    """The ledger service refused the PATE job up front (budget exceeded or not allowed)."""
+
+
+def _ledger_error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{body.get('code', 'http_error')}: {body.get('message', '')}"
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
+
+
+def charge_pate_job(
+    client: httpx.Client,
+    *,
+    dataset: str,
+    name: str,
+    mechanism: dict[str, Any],
+    batches: int,
+) -> tuple[int, int, str]:
+    """Register a PATE job with the ledger and charge its batches in turn, before answering them.
+
+    Returns the run id, how many batches were charged (their queries may be answered), and why
+    charging stopped (``completed`` or the ledger's refusal). Raises :class:`LedgerRefusal` when
+    the job is refused up front, and ``httpx.HTTPError`` subclasses on transport failures.
+    """
+    response = client.post("/v1/runs", json={"dataset": dataset, "name": name,
+                                             "mechanism": mechanism})  # fmt: skip
+    if response.status_code != 201:
+        raise LedgerRefusal(f"refused: {_ledger_error(response)}")
+    run_id = int(response.json()["id"])
+    charged, reason = 0, "completed"
+    for batch in range(batches):
+        charge = client.post(f"/v1/runs/{run_id}/batches", json={"batch": batch})
+        if charge.status_code != 200:
+            reason = f"refused: {_ledger_error(charge)}"
+            break
+        charged += 1
+    client.post(f"/v1/runs/{run_id}/finish")
+    return run_id, charged, reason
+
+
+def _charged_queries(
+    counts: npt.NDArray[np.float64],
+    *,
+    service: str,
+    token: str | None,
+    dataset: str | None,
+    aggregator: str,
+    noise_multiplier: float,
+    batch_size: int | None,
+) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """Charge the ledger for ``counts`` batch by batch; return the rows that may be answered."""
+    if not token or not dataset:
+        raise InvalidParameterError("service", service, "needs --token and --dataset too")
+    queries = int(counts.shape[0])
+    size = queries if batch_size is None else batch_size
+    if size < 1:
+        raise InvalidParameterError("batch_size", size, "must be a positive integer")
+    mechanism = {"kind": "pate", "aggregator": aggregator, "noise_multiplier": noise_multiplier,
+                 "queries": queries, "batch_size": size}  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=service, headers=headers, timeout=30.0) as client:
+        run_id, charged, reason = charge_pate_job(
+            client, dataset=dataset, name="pate", mechanism=mechanism,
+            batches=-(-queries // size),
+        )  # fmt: skip
+    answered = min(queries, charged * size)
+    return counts[:answered], {"run_id": run_id, "batches_charged": charged,
+                               "queries_answered": answered, "stop_reason": reason}  # fmt: skip
 
 
 def _default_out(votes: Path | None, predictions: Path | None) -> Path:
@@ -171,10 +244,32 @@ def pate(
         typer.Option("--out", help="Where to write the labels (default: <input>.labels.npy)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="Ledger URL: charge each batch before answering it."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="DPLEDGER_TOKEN", help="Bearer token.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset in the ledger.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Queries per ledger charge (default: all).")
+    ] = None,
 ) -> None:
-    """Noisy-max labels (PATE) from teacher votes, with data-independent and data-dependent epsilon."""
+    """Noisy-max labels (PATE) from teacher votes, with data-independent and data-dependent epsilon.
+
+    With --service the job is registered with the ledger (its data-independent RDP reserved) and
+    each batch of queries is charged before it is answered; a refusal stops the answering there.
+    """
+    ledger: dict[str, Any] = {}
     try:
         counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
+        if service is not None:
+            pate_mechanism(aggregator, noise_multiplier=noise_multiplier, queries=1)  # validate
+            counts, ledger = _charged_queries(
+                counts, service=service, token=token, dataset=dataset, aggregator=aggregator,
+                noise_multiplier=noise_multiplier, batch_size=batch_size,
+            )  # fmt: skip
         labels, result = run_pate(
             counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
         )
@@ -182,7 +277,13 @@ def pate(
     except DpCoreError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
-    result = {"labels_path": str(path), **result}
+    except LedgerRefusal as refusal:
+        typer.echo(str(refusal), err=True)
+        raise typer.Exit(code=1) from None
+    except httpx.HTTPError as error:
+        typer.echo(f"error: ledger unreachable at {service}: {error}", err=True)
+        raise typer.Exit(code=1) from None
+    result = {"labels_path": str(path), **result, **ledger}
     if result["at_grid_edge"]:
         typer.echo("warning: optimal Renyi order at the edge of the grid", err=True)
     finite = {

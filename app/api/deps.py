@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import Principal
+from app.services.dashboard import try_authenticate
 from app.services.tokens import authenticate
 from app.settings import Settings
 
@@ -42,5 +43,26 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+#: The dashboard's login cookie (HttpOnly, SameSite=Lax; set by ``POST /login``).
+SESSION_COOKIE = "dpledger_token"
+
+
+def get_page_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """Return the caller of a dashboard page, or None when not logged in.
+
+    A bearer header (API clients) must be valid (401 otherwise); else the login cookie is used,
+    and a missing or stale cookie means "not logged in" (the page redirects to the login form).
+    """
+    if credentials is not None:
+        return authenticate(session, credentials.credentials)
+    return try_authenticate(session, request.cookies.get(SESSION_COOKIE))
+
+
+PagePrincipalDep = Annotated[Principal | None, Depends(get_page_principal)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=2**62, description="Items to skip.")]

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from app.errors import CalibrationFailedError, InvalidInputError, UnsupportedError
 from app.models import FloatArray
+from app.schemas import (
+    AnyMechanism,
+    DpSgdMechanism,
+    GaussianRelease,
+    LaplaceRelease,
+    MechanismSpec,
+    PateMechanism,
+)
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
 from dp_core.errors import (
     CalibrationError,
@@ -25,7 +34,21 @@ from dp_core.errors import (
     InvalidParameterError,
     UnsupportedMechanismError,
 )
-from dp_core.mechanisms import SampledGaussianSchedule, mechanism_to_dict
+from dp_core.mechanisms import (
+    Composed,
+    Gaussian,
+    Laplace,
+    SampledGaussianSchedule,
+    mechanism_to_dict,
+)
+from dp_core.pate import (
+    PateMechanism as PateQueries,
+)
+from dp_core.pate import (
+    mechanism_for_gaussian_release,
+    mechanism_for_laplace_release,
+    pate_mechanism,
+)
 from dp_core.rdp.compose import compute_rdp
 from dp_core.schedules import NoiseSchedule
 
@@ -47,6 +70,8 @@ DEFAULT_FILTER_ORDERS: tuple[float, ...] = (
 )
 
 MAX_TOTAL_STEPS = 100_000_000
+
+MechanismRequest: TypeAlias = AnyMechanism
 
 
 @contextmanager
@@ -81,6 +106,76 @@ class RunSpec:
             self.steps_per_epoch * (stop_epoch - first_epoch),
             self.steps_per_epoch * first_epoch,
         )
+
+    @property
+    def uniform_units(self) -> bool:
+        """Whether every epoch costs the same (a constant schedule)."""
+        return self.schedule.is_constant
+
+
+@dataclass(frozen=True)
+class PateSpec:
+    """PATE: ``queries`` noisy-max answers, charged in batches of ``batch_size`` (the last smaller)."""
+
+    aggregator: str
+    noise_multiplier: float
+    queries: int
+    batch_size: int
+
+    @property
+    def epochs(self) -> int:
+        """The number of batches (units of charge)."""
+        return -(-self.queries // self.batch_size)
+
+    @property
+    def uniform_units(self) -> bool:
+        """Whether every batch has the same number of queries."""
+        return self.queries % self.batch_size == 0
+
+    def epochs_mechanism(self, first_batch: int, stop_batch: int) -> PateQueries:
+        """Return the record of the queries of batches [first_batch, stop_batch)."""
+        stop = min(stop_batch * self.batch_size, self.queries)
+        return pate_mechanism(
+            self.aggregator,
+            noise_multiplier=self.noise_multiplier,
+            queries=max(0, stop - first_batch * self.batch_size),
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """One noisy release of a statistic: a single unit of charge."""
+
+    mechanism: Gaussian | Laplace
+    epochs: int = 1
+    uniform_units: bool = True
+
+    def epochs_mechanism(self, first: int, stop: int) -> Gaussian | Laplace | Composed:
+        """Return the release for [0, 1), nothing for an empty range."""
+        return self.mechanism if first < stop else Composed(())
+
+
+ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec
+
+
+def make_pate_spec(
+    *, aggregator: str, noise_multiplier: float, queries: int, batch_size: int | None
+) -> PateSpec:
+    """Validate a PATE job with dp_core."""
+    spec = PateSpec(aggregator, noise_multiplier, queries, batch_size or queries)
+    with translated_dp_errors():
+        spec.epochs_mechanism(0, spec.epochs)
+    return spec
+
+
+def make_release_spec(kind: str, *, sensitivity: float, noise: float) -> ReleaseSpec:
+    """Validate a Laplace (noise = scale) or Gaussian (noise = std) release with dp_core."""
+    with translated_dp_errors():
+        if kind == "laplace_release":
+            return ReleaseSpec(
+                mechanism_for_laplace_release(sensitivity=sensitivity, noise_scale=noise)
+            )
+        return ReleaseSpec(mechanism_for_gaussian_release(sensitivity=sensitivity, noise_std=noise))
 
 
 def default_steps_per_epoch(sample_rate: float) -> int:
@@ -118,7 +213,7 @@ def make_run_spec(
     return spec
 
 
-def mechanism_json(mechanism: SampledGaussianSchedule) -> dict[str, Any]:
+def mechanism_json(mechanism: object) -> dict[str, Any]:
     """Return the versioned JSON description stored with a ledger entry."""
     return mechanism_to_dict(mechanism)
 
@@ -140,27 +235,27 @@ def subtract_up(total: FloatArray, values: FloatArray) -> FloatArray:
     return round_up(np.maximum(diff, 0.0))
 
 
-def _mechanism_rdp(mechanism: SampledGaussianSchedule, orders: FloatArray) -> FloatArray:
+def _mechanism_rdp(mechanism: object, orders: FloatArray) -> FloatArray:
     with translated_dp_errors():
         return np.asarray(compute_rdp(mechanism, orders), dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=4096)
-def _epoch_rdp_cached(spec: RunSpec, epoch: int, orders: tuple[float, ...]) -> FloatArray:
+def _epoch_rdp_cached(spec: ChargeSpec, epoch: int, orders: tuple[float, ...]) -> FloatArray:
     rdp = round_up(_mechanism_rdp(spec.epochs_mechanism(epoch, epoch + 1), np.array(orders)))
     rdp.setflags(write=False)
     return rdp
 
 
-def epoch_rdp(spec: RunSpec, epoch: int, orders: Sequence[float]) -> FloatArray:
+def epoch_rdp(spec: ChargeSpec, epoch: int, orders: Sequence[float]) -> FloatArray:
     """Return the RDP charge of one epoch (rounded up; cached, so a run's charges are stable)."""
-    # Under a constant schedule every epoch costs the same: share one cache entry.
-    key_epoch = 0 if spec.schedule.is_constant else epoch
+    # When every unit costs the same (e.g. a constant schedule), share one cache entry.
+    key_epoch = 0 if spec.uniform_units else epoch
     return _epoch_rdp_cached(spec, key_epoch, tuple(float(a) for a in orders))
 
 
 def epochs_rdp(
-    spec: RunSpec, first_epoch: int, stop_epoch: int, orders: Sequence[float]
+    spec: ChargeSpec, first_epoch: int, stop_epoch: int, orders: Sequence[float]
 ) -> FloatArray:
     """Return the sum, rounded up, of the epoch charges of epochs [first_epoch, stop_epoch)."""
     total = np.zeros(len(orders))
@@ -184,3 +279,78 @@ def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) ->
     with translated_dp_errors():
         result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
     return result.epsilon if math.isfinite(result.epsilon) else None
+
+
+def charge_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    """Return the accounting view of a requested RDP mechanism (validated with dp_core)."""
+    return _CHARGE_SPECS[mechanism.kind](mechanism)
+
+
+def _dp_sgd_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, DpSgdMechanism)
+    return make_run_spec(
+        sample_rate=mechanism.sample_rate,
+        steps_per_epoch=mechanism.steps_per_epoch,
+        epochs=mechanism.epochs,
+        schedule=mechanism.noise.schedule,
+        noise_multiplier=mechanism.noise.noise_multiplier,
+        decay_rate=mechanism.noise.decay_rate,
+    )
+
+
+def _pate_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, PateMechanism)
+    return make_pate_spec(
+        aggregator=mechanism.aggregator,
+        noise_multiplier=mechanism.noise_multiplier,
+        queries=mechanism.queries,
+        batch_size=mechanism.batch_size,
+    )
+
+
+def _laplace_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, LaplaceRelease)
+    return make_release_spec(
+        "laplace_release", sensitivity=mechanism.sensitivity, noise=mechanism.noise_scale
+    )
+
+
+def _gaussian_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, GaussianRelease)
+    return make_release_spec(
+        "gaussian_release", sensitivity=mechanism.sensitivity, noise=mechanism.noise_std
+    )
+
+
+def _no_rdp(mechanism: MechanismRequest) -> ChargeSpec:
+    raise InvalidInputError(
+        f"{mechanism.kind} has no RDP curve; it is charged to the approximate-DP sub-budget",
+        parameter="mechanism",
+    )
+
+
+_CHARGE_SPECS: dict[str, Callable[[MechanismRequest], ChargeSpec]] = {
+    "dp_sgd": _dp_sgd_spec,
+    "pate": _pate_spec,
+    "laplace_release": _laplace_spec,
+    "gaussian_release": _gaussian_spec,
+    "approx_dp_release": _no_rdp,
+}
+
+
+def stored_mechanism(mechanism: MechanismRequest, spec: ChargeSpec | None) -> dict[str, Any]:
+    """Return the mechanism as stored with the run: the request with its defaults filled in."""
+    stored = mechanism.model_dump(mode="json")
+    if isinstance(spec, RunSpec):
+        stored["steps_per_epoch"] = spec.steps_per_epoch
+    elif isinstance(spec, PateSpec):
+        stored["batch_size"] = spec.batch_size
+    return stored
+
+
+def parse_mechanism(stored: dict[str, Any]) -> MechanismRequest:
+    """Inverse of :func:`stored_mechanism` (the stored JSON is re-validated)."""
+    return _MECHANISM_ADAPTER.validate_python(stored)
+
+
+_MECHANISM_ADAPTER: TypeAdapter[MechanismRequest] = TypeAdapter(MechanismSpec)

@@ -9,59 +9,33 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import BudgetExceededError, NotFoundError
-from app.models import Dataset, LedgerEntry, Run
+from app.models import Dataset, FloatArray, LedgerEntry, Run
+from app.observability import AdmissionLog, observe_admission
 from app.schemas import (
     AdmissionPreview,
+    ApproxDpRelease,
     EntryKind,
-    NoiseSpec,
     Reservation,
     RunCreate,
     RunRead,
     RunStatus,
 )
 from app.services.accounting import (
-    RunSpec,
+    ChargeSpec,
+    ReleaseSpec,
+    add_up,
+    charge_spec,
     epoch_rdp,
     epochs_rdp,
-    make_run_spec,
     mechanism_json,
+    stored_mechanism,
 )
 from app.services.admission_filter import FilterDecision, decide
+from app.services.approx_release import admit_approx_release
 from app.services.datasets import filter_state, find_dataset, lock_dataset
-
-
-def run_spec(run: Run) -> RunSpec:
-    """Return the accounting view of a stored run."""
-    return make_run_spec(
-        sample_rate=run.sample_rate,
-        steps_per_epoch=run.steps_per_epoch,
-        epochs=run.epochs,
-        schedule=run.noise_schedule,
-        noise_multiplier=run.noise_multiplier,
-        decay_rate=run.decay_rate,
-    )
-
-
-def run_to_read(run: Run, dataset_name: str) -> RunRead:
-    """Return the API view of a run."""
-    return RunRead(
-        id=run.id,
-        dataset=dataset_name,
-        name=run.name,
-        sample_rate=run.sample_rate,
-        steps_per_epoch=run.steps_per_epoch,
-        epochs=run.epochs,
-        noise=NoiseSpec(
-            schedule=run.noise_schedule,
-            noise_multiplier=run.noise_multiplier,
-            decay_rate=run.decay_rate,
-        ),
-        max_grad_norm=run.max_grad_norm,
-        reservation=Reservation(run.reservation),
-        status=RunStatus(run.status),
-        epochs_charged=run.epochs_charged,
-        created_at=run.created_at,
-    )
+from app.services.runs import new_run
+from app.services.runs import run_spec as run_spec
+from app.services.runs import run_to_read as run_to_read
 
 
 def budget_refusal(
@@ -78,26 +52,45 @@ def budget_refusal(
     )
 
 
-def _new_run(
-    body: RunCreate, spec: RunSpec, dataset: Dataset, status: RunStatus, actor: str
-) -> Run:
-    return Run(
-        dataset_id=dataset.id,
-        name=body.name,
-        sample_rate=spec.sample_rate,
-        steps_per_epoch=spec.steps_per_epoch,
-        epochs=spec.epochs,
-        noise_schedule=spec.schedule.kind,
-        noise_multiplier=spec.schedule.noise_multiplier,
-        decay_rate=spec.schedule.decay_rate,
-        max_grad_norm=body.max_grad_norm,
-        reservation=body.reservation.value,
-        status=status.value,
-        epochs_charged=0,
-        created_by=actor,
+def _record_admission(
+    session: Session,
+    dataset: Dataset,
+    run: Run,
+    spec: ChargeSpec,
+    planned: FloatArray,
+    decision: FilterDecision,
+) -> None:
+    """Write what an admission means: a release is charged at once, a plan run reserves.
+
+    A pay-as-you-go run holds nothing until its first epoch is charged, so S stays as it is.
+    """
+    actor = run.created_by
+    if isinstance(spec, ReleaseSpec):
+        entry_kind, epoch = EntryKind.charge, 0
+        dataset.rdp_committed = add_up(dataset.rdp_committed, planned)
+        run.status, run.epochs_charged = RunStatus.finished.value, 1
+    elif run.reservation == Reservation.plan.value:
+        entry_kind, epoch = EntryKind.reservation, None
+        run.status = RunStatus.admitted.value
+    else:  # pay as you go: nothing is held until the first epoch is charged
+        run.status = RunStatus.admitted.value
+        return
+    dataset.rdp_reserved = decision.state.reserved
+    dataset.alive = [bool(flag) for flag in decision.state.alive]
+    session.add(
+        LedgerEntry(
+            dataset_id=dataset.id,
+            run_id=run.id,
+            kind=entry_kind.value,
+            epoch=epoch,
+            rdp=planned,
+            mechanism=mechanism_json(spec.epochs_mechanism(0, spec.epochs)),
+            actor=actor,
+        )
     )
 
 
+@observe_admission
 def admit_run(
     session: Session, body: RunCreate, principal: Principal, *, dry_run: bool
 ) -> RunRead | AdmissionPreview:
@@ -107,56 +100,49 @@ def admit_run(
     grid); the check and the writes then happen in one transaction holding the dataset lock. A
     real refusal records the run as ``refused`` (no ledger entry, filter state unchanged); a dry
     run writes nothing. A run with ``reservation=epoch`` reserves nothing: it is admitted when its
-    first epoch would pass the filter now, and each epoch passes the filter when charged.
+    first epoch would pass the filter now, and each epoch passes the filter when charged. A
+    Laplace or Gaussian release is admitted and charged at once; an approximate-DP release goes
+    to its sub-budget (:mod:`app.services.approx_release`).
     """
     principal.require_dataset_write(body.dataset)
-    spec = make_run_spec(
-        sample_rate=body.sample_rate,
-        steps_per_epoch=body.steps_per_epoch,
-        epochs=body.epochs,
-        schedule=body.noise.schedule,
-        noise_multiplier=body.noise.noise_multiplier,
-        decay_rate=body.noise.decay_rate,
-    )
+    mechanism = body.resolved_mechanism()
+    if isinstance(mechanism, ApproxDpRelease):
+        return admit_approx_release(session, body, mechanism, principal, dry_run=dry_run)
+    spec = charge_spec(mechanism)
+    stored = stored_mechanism(mechanism, spec)
+    log = AdmissionLog.for_request(body, stored, principal.actor, dry_run=dry_run)
     with read_transaction(session):
         dataset = find_dataset(session, body.dataset)
         dataset_id, orders = dataset.id, list(dataset.orders)
-    per_epoch = body.reservation is Reservation.epoch
+    per_epoch = body.reservation is Reservation.epoch and not isinstance(spec, ReleaseSpec)
     planned = epoch_rdp(spec, 0, orders) if per_epoch else epochs_rdp(spec, 0, spec.epochs, orders)
     if dry_run:
-        return _preview(session, dataset_id, planned)
+        return _preview(session, dataset_id, planned, log)
     with write_transaction(session):
         dataset = lock_dataset(session, dataset_id)
         decision = decide(filter_state(dataset), planned)
-        status = RunStatus.admitted if decision.admitted else RunStatus.refused
-        run = _new_run(body, spec, dataset, status, principal.actor)
+        run = new_run(body, stored, spec.epochs, dataset, principal.actor)
         session.add(run)
-        if decision.admitted and not per_epoch:
-            session.flush()
-            session.add(
-                LedgerEntry(
-                    dataset_id=dataset.id,
-                    run_id=run.id,
-                    kind=EntryKind.reservation.value,
-                    epoch=None,
-                    rdp=planned,
-                    mechanism=mechanism_json(spec.epochs_mechanism(0, spec.epochs)),
-                    actor=principal.actor,
-                )
-            )
-            dataset.rdp_reserved = decision.state.reserved
-            dataset.alive = [bool(flag) for flag in decision.state.alive]
+        session.flush()
+        if decision.admitted:
+            _record_admission(session, dataset, run, spec, planned, decision)
         session.flush()
         result = run_to_read(run, dataset.name)
+    log.log_decision(dataset=dataset.name, orders=orders, decision=decision, run_id=result.id)
     if not decision.admitted:
         raise budget_refusal(dataset, decision, result.id)
     return result
 
 
-def _preview(session: Session, dataset_id: int, planned: np.ndarray) -> AdmissionPreview:
+def _preview(
+    session: Session, dataset_id: int, planned: np.ndarray, log: AdmissionLog
+) -> AdmissionPreview:
     with read_transaction(session):
         dataset = session.get_one(Dataset, dataset_id)
         decision = decide(filter_state(dataset), planned)
+        log.log_decision(
+            dataset=dataset.name, orders=dataset.orders, decision=decision, run_id=None
+        )
         if not decision.admitted or decision.order_index is None:
             raise budget_refusal(dataset, decision, None)
         return AdmissionPreview(

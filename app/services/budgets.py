@@ -15,15 +15,17 @@ from app.models import Dataset, FloatArray, LedgerEntry, Run
 from app.schemas import (
     BudgetRead,
     EntryKind,
+    KindSpend,
     LedgerEntryList,
     LedgerEntryRead,
+    MechanismKind,
     OrderHeadroom,
     RunBudget,
     RunStatus,
 )
 from app.services.accounting import add_up, epsilon_of_rdp
 from app.services.admission_filter import epsilon_remaining, filter_epsilon
-from app.services.datasets import filter_state, find_dataset
+from app.services.datasets import approx_dp_budget, filter_state, find_dataset
 
 
 def _finite(value: float) -> float | None:
@@ -58,19 +60,45 @@ def _order_rows(dataset: Dataset) -> list[OrderHeadroom]:
     ]
 
 
+def _spend_by_kind(
+    dataset: Dataset, runs: list[Run], committed: dict[int, FloatArray]
+) -> list[KindSpend]:
+    """Per mechanism kind: its runs and the epsilon of its committed charges alone."""
+    rows = []
+    for kind in MechanismKind:
+        of_kind = [run for run in runs if run.kind == kind.value]
+        if not of_kind:
+            continue
+        if kind is MechanismKind.approx_dp_release:
+            epsilon: float | None = math.fsum(
+                float((run.spec or {}).get("epsilon", 0.0)) for run in of_kind if run.epochs_charged
+            )
+        else:
+            total = np.zeros(len(dataset.orders))
+            for run in of_kind:
+                if run.id in committed:
+                    total = add_up(total, committed[run.id])
+            epsilon = epsilon_of_rdp(orders=dataset.orders, rdp=total, delta=dataset.target_delta)
+        rows.append(KindSpend(kind=kind, runs=len(of_kind), epsilon_committed=epsilon))
+    return rows
+
+
 def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
     """Return where the dataset's budget stands."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
         state = filter_state(dataset)
-        runs = session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
+        runs_list = list(
+            session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
+        )
         committed = _committed_by_run(session, dataset)
         zero = np.zeros(len(dataset.orders))
         run_rows = [
             RunBudget(
                 id=run.id,
                 name=run.name,
+                kind=MechanismKind(run.kind),
                 status=RunStatus(run.status),
                 epochs=run.epochs,
                 epochs_charged=run.epochs_charged,
@@ -80,19 +108,25 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                     delta=dataset.target_delta,
                 ),
             )
-            for run in runs
+            for run in runs_list
         ]
         return BudgetRead(
             dataset=dataset.name,
             target_epsilon=dataset.target_epsilon,
             target_delta=dataset.target_delta,
-            epsilon_spent=_finite(filter_epsilon(state, dataset.rdp_committed)),
-            epsilon_reserved=_finite(filter_epsilon(state, dataset.rdp_reserved)),
+            epsilon_spent=_finite(
+                filter_epsilon(state, dataset.rdp_committed) + dataset.approx_epsilon_spent
+            ),
+            epsilon_reserved=_finite(
+                filter_epsilon(state, dataset.rdp_reserved) + dataset.approx_epsilon_spent
+            ),
             epsilon_remaining=epsilon_remaining(state),
             epsilon_non_adaptive=epsilon_of_rdp(
                 orders=dataset.orders, rdp=dataset.rdp_committed, delta=dataset.target_delta
             ),
             runs=run_rows,
+            by_kind=_spend_by_kind(dataset, runs_list, committed),
+            approx_dp=approx_dp_budget(dataset),
             orders=_order_rows(dataset),
         )
 

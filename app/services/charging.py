@@ -9,6 +9,7 @@ from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import EpochBeyondPlanError, EpochOutOfOrderError, RunNotActiveError
 from app.models import Dataset, FloatArray, LedgerEntry, Run
+from app.observability import log_charge, log_epoch_decision
 from app.schemas import EntryKind, EpochChargeRead, Reservation, RunRead, RunStatus
 from app.services.accounting import add_up, epoch_rdp, epochs_rdp, mechanism_json, subtract_up
 from app.services.admission import budget_refusal, find_run, run_spec, run_to_read
@@ -58,6 +59,7 @@ def _admit_epoch(dataset: Dataset, run: Run, rdp: FloatArray) -> None:
     it covers a whole run; a refusal writes nothing.
     """
     decision = decide(filter_state(dataset), rdp)
+    log_epoch_decision(dataset=dataset, run=run, decision=decision)
     if not decision.admitted:
         raise budget_refusal(dataset, decision, run.id)
     dataset.rdp_reserved = decision.state.reserved
@@ -100,7 +102,15 @@ def charge_epoch(
         run.epochs_charged = epoch + 1
         run.status = RunStatus.running.value
         session.flush()
-        return _charge_to_read(entry)
+        charged = _charge_to_read(entry)
+    log_charge(
+        dataset=dataset.name,
+        run_id=run_id,
+        epoch=epoch,
+        ledger_entry_id=charged.ledger_entry_id,
+        actor=principal.actor,
+    )
+    return charged
 
 
 def finish_run(session: Session, run_id: int, principal: Principal) -> RunRead:

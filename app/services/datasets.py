@@ -13,7 +13,7 @@ from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import DatasetExistsError, InvalidInputError, NotFoundError
 from app.models import Dataset
-from app.schemas import DatasetCreate, DatasetList, DatasetRead, Role
+from app.schemas import ApproxDpBudget, DatasetCreate, DatasetList, DatasetRead, Role
 from app.services.accounting import DEFAULT_FILTER_ORDERS, filter_capacity
 from app.services.admission_filter import FilterState
 
@@ -29,14 +29,33 @@ def dataset_to_read(dataset: Dataset) -> DatasetRead:
         target_delta=dataset.target_delta,
         orders=list(dataset.orders),
         weights=list(dataset.weights),
+        approx_dp=approx_dp_budget(dataset),
         created_at=dataset.created_at,
+    )
+
+
+def approx_dp_budget(dataset: Dataset) -> ApproxDpBudget:
+    """Return the dataset's approximate-DP sub-budget and its spend."""
+    return ApproxDpBudget(
+        epsilon=dataset.approx_epsilon,
+        delta=dataset.approx_delta,
+        epsilon_spent=dataset.approx_epsilon_spent,
+        delta_spent=dataset.approx_delta_spent,
+    )
+
+
+def filter_target(dataset: Dataset) -> tuple[float, float]:
+    """Return the (epsilon, delta) the admission filter guards: the budget minus the sub-budget."""
+    return (
+        dataset.target_epsilon - dataset.approx_epsilon,
+        dataset.target_delta - dataset.approx_delta,
     )
 
 
 def filter_state(dataset: Dataset) -> FilterState:
     """Return the dataset's admission-filter state."""
     return FilterState(
-        target_epsilon=dataset.target_epsilon,
+        target_epsilon=filter_target(dataset)[0],
         capacity=dataset.capacity,
         reserved=dataset.rdp_reserved,
         alive=np.asarray(dataset.alive, dtype=bool),
@@ -64,15 +83,31 @@ def _grid(body: DatasetCreate) -> tuple[list[float], list[float]]:
     return [a for a, _ in pairs], [w for _, w in pairs]
 
 
+def _check_sub_budget(body: DatasetCreate) -> None:
+    """The approximate-DP part must leave the filter a positive epsilon and delta."""
+    if body.approx_dp_epsilon >= body.target_epsilon:
+        raise InvalidInputError(
+            "approx_dp_epsilon must be below target_epsilon", parameter="approx_dp_epsilon"
+        )
+    if body.approx_dp_delta >= body.target_delta:
+        raise InvalidInputError(
+            "approx_dp_delta must be below target_delta", parameter="approx_dp_delta"
+        )
+
+
 def create_dataset(session: Session, body: DatasetCreate, principal: Principal) -> DatasetRead:
     """Create a dataset with an empty ledger and every order of its grid alive."""
     principal.require_admin()
     orders, weights = _grid(body)
+    _check_sub_budget(body)
+    # Basic composition of the two parts (Dwork & Roth 2014, Thm. 3.16), valid when their
+    # requests interleave adaptively as both are filters (Rogers et al. 2016; concurrent
+    # composition: Vadhan & Wang 2021, Lyu 2022).
     capacity = filter_capacity(
         orders=orders,
         weights=weights,
-        target_epsilon=body.target_epsilon,
-        target_delta=body.target_delta,
+        target_epsilon=body.target_epsilon - body.approx_dp_epsilon,
+        target_delta=body.target_delta - body.approx_dp_delta,
     )
     dataset = Dataset(
         name=body.name,
@@ -85,6 +120,10 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         rdp_reserved=np.zeros(len(orders)),
         rdp_committed=np.zeros(len(orders)),
         alive=[True] * len(orders),
+        approx_epsilon=body.approx_dp_epsilon,
+        approx_delta=body.approx_dp_delta,
+        approx_epsilon_spent=0.0,
+        approx_delta_spent=0.0,
         created_by=principal.actor,
     )
     try:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from app.api.deps import PrincipalDep, SessionDep
 from app.schemas import (
     AdmissionPreview,
+    BatchCharge,
     EpochCharge,
     EpochChargeRead,
     ErrorBody,
@@ -31,7 +32,11 @@ def create_run(
     response: Response,
     dry_run: Annotated[bool, Query(description="Answer without writing anything.")] = False,
 ) -> RunRead | AdmissionPreview:
-    """Admit a planned run by reserving its whole RDP curve (409 budget_exceeded if it does not fit)."""
+    """Admit a run by reserving its planned RDP curve (409 budget_exceeded if it does not fit).
+
+    DP-SGD runs (top-level fields or ``mechanism.kind=dp_sgd``) and PATE jobs reserve their plan;
+    Laplace, Gaussian and approximate-DP releases are admitted and charged at once.
+    """
     result = admission.admit_run(session, body, principal, dry_run=dry_run)
     if dry_run:
         response.status_code = status.HTTP_200_OK
@@ -50,6 +55,14 @@ def charge_epoch(
 ) -> EpochChargeRead:
     """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
     return charging.charge_epoch(session, run_id, body.epoch, principal)
+
+
+@router.post("/{run_id}/batches", responses=_CONFLICT)
+def charge_batch(
+    run_id: RunId, body: BatchCharge, session: SessionDep, principal: PrincipalDep
+) -> EpochChargeRead:
+    """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
+    return charging.charge_epoch(session, run_id, body.batch, principal)
 
 
 @router.post("/{run_id}/finish", responses=_CONFLICT)

@@ -31,6 +31,9 @@ def test_importing_the_cli_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+SERVICE = ["--service", "http://x", "--token", "t", "--dataset", "d"]
+
+
 @pytest.mark.parametrize(
     ("args", "word"),
     [
@@ -43,8 +46,7 @@ def test_importing_the_cli_does_not_import_torch():
         (["--noise-multiplier", "-1"], "noise_multiplier"),
         (["--max-grad-norm", "0", "--noise-multiplier", "1"], "max_grad_norm"),
         (["--service", "http://x", "--noise-multiplier", "1"], "token"),
-        (["--service", "http://x", "--token", "t", "--dataset", "d", "--reserve", "x",
-          "--noise-multiplier", "1"], "reservation"),  # fmt: skip
+        ([*SERVICE, "--reserve", "x", "--noise-multiplier", "1"], "reservation"),
         (["--batch-size", "5000", "--noise-multiplier", "1"], "sample_rate"),
     ],
 )
