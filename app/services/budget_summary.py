@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db import read_transaction
 from app.models import Dataset, Run
-from app.services.admission_filter import epsilon_remaining, filter_epsilon
-from app.services.datasets import filter_state
+from app.services.budgets import headline
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,15 @@ def summarize_budgets(session: Session) -> list[BudgetSummary]:
         runs = _runs_by_status(session)
         summaries = []
         for dataset in session.scalars(select(Dataset).order_by(Dataset.name)):
-            state = filter_state(dataset)
+            numbers = headline(dataset)
             summaries.append(
                 BudgetSummary(
                     dataset=dataset.name,
                     target_epsilon=dataset.target_epsilon,
                     target_delta=dataset.target_delta,
-                    epsilon_spent=filter_epsilon(state, dataset.rdp_committed),
-                    epsilon_reserved=filter_epsilon(state, dataset.rdp_reserved),
-                    epsilon_remaining=epsilon_remaining(state),
+                    epsilon_spent=numbers.spent,
+                    epsilon_reserved=numbers.reserved,
+                    epsilon_remaining=numbers.remaining,
                     runs=dict(runs.get(dataset.id, {})),
                 )
             )

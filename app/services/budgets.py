@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select
@@ -70,9 +71,7 @@ def _spend_by_kind(
         if not of_kind:
             continue
         if kind is MechanismKind.approx_dp_release:
-            epsilon: float | None = math.fsum(
-                float((run.spec or {}).get("epsilon", 0.0)) for run in of_kind if run.epochs_charged
-            )
+            epsilon: float | None = dataset.approx_epsilon_spent
         else:
             total = np.zeros(len(dataset.orders))
             for run in of_kind:
@@ -83,12 +82,34 @@ def _spend_by_kind(
     return rows
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A dataset's headline epsilons: the filter's, plus what black-box releases spent."""
+
+    spent: float
+    reserved: float
+    remaining: float
+
+
+def headline(dataset: Dataset) -> Headline:
+    """Return spent/reserved (inf when no order is left) and remaining for RDP mechanisms.
+
+    The one definition behind the budget endpoint, the dashboard, /metrics and the CLI.
+    """
+    state = filter_state(dataset)
+    return Headline(
+        spent=filter_epsilon(state, dataset.rdp_committed) + dataset.approx_epsilon_spent,
+        reserved=filter_epsilon(state, dataset.rdp_reserved) + dataset.approx_epsilon_spent,
+        remaining=epsilon_remaining(state),
+    )
+
+
 def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
     """Return where the dataset's budget stands."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
-        state = filter_state(dataset)
+        numbers = headline(dataset)
         runs_list = list(
             session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
         )
@@ -114,13 +135,9 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             dataset=dataset.name,
             target_epsilon=dataset.target_epsilon,
             target_delta=dataset.target_delta,
-            epsilon_spent=_finite(
-                filter_epsilon(state, dataset.rdp_committed) + dataset.approx_epsilon_spent
-            ),
-            epsilon_reserved=_finite(
-                filter_epsilon(state, dataset.rdp_reserved) + dataset.approx_epsilon_spent
-            ),
-            epsilon_remaining=epsilon_remaining(state),
+            epsilon_spent=_finite(numbers.spent),
+            epsilon_reserved=_finite(numbers.reserved),
+            epsilon_remaining=numbers.remaining,
             epsilon_non_adaptive=epsilon_of_rdp(
                 orders=dataset.orders, rdp=dataset.rdp_committed, delta=dataset.target_delta
             ),

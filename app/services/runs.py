@@ -68,21 +68,22 @@ def run_to_read(run: Run, dataset_name: str) -> RunRead:
 def new_run(
     body: RunCreate, stored: dict[str, Any], units: int, dataset: Dataset, actor: str
 ) -> Run:
-    """Return the row of a new run (status ``refused`` until admission says otherwise)."""
-    dp_sgd = body.resolved_mechanism()
+    """Return the row of a new run (status ``refused`` until admission says otherwise).
+
+    The DP-SGD columns repeat the stored mechanism's fields; they stay null for other kinds.
+    """
+    noise: dict[str, Any] = stored.get("noise") or {}
     return Run(
         dataset_id=dataset.id,
         name=body.name,
         kind=stored["kind"],
         spec=stored,
-        sample_rate=dp_sgd.sample_rate if isinstance(dp_sgd, DpSgdMechanism) else None,
+        sample_rate=stored.get("sample_rate"),
         steps_per_epoch=stored.get("steps_per_epoch"),
         epochs=units,
-        noise_schedule=dp_sgd.noise.schedule if isinstance(dp_sgd, DpSgdMechanism) else None,
-        noise_multiplier=(
-            dp_sgd.noise.noise_multiplier if isinstance(dp_sgd, DpSgdMechanism) else None
-        ),
-        decay_rate=dp_sgd.noise.decay_rate if isinstance(dp_sgd, DpSgdMechanism) else None,
+        noise_schedule=noise.get("schedule"),
+        noise_multiplier=noise.get("noise_multiplier"),
+        decay_rate=noise.get("decay_rate"),
         max_grad_norm=stored.get("max_grad_norm"),
         reservation=body.reservation.value,
         status=RunStatus.refused.value,
