@@ -35,6 +35,8 @@ __all__ = [
     "best_audit_over_guess_counts",
     "group_privacy_rdp",
     "guess_membership",
+    "loss_threshold_attack",
+    "MembershipReport",
     "one_run_p_value",
 ]
 
@@ -211,6 +213,58 @@ def best_audit_over_guess_counts(
     return AuditBound(
         best.epsilon, conf, best.delta, best.canaries, best.guesses, best.correct, best.p_value
     )
+
+
+@dataclass(frozen=True)
+class MembershipReport:
+    """A loss-threshold membership-inference attack (Yeom et al. 2018), as TF Privacy reports it.
+
+    Attributes:
+        auc: Area under the ROC curve of "member" scored by -loss (0.5: no signal).
+        tpr_at_fpr: FPR -> the largest TPR of a threshold whose FPR is <= that FPR.
+        members: Number of member (training) examples scored.
+        non_members: Number of held-out examples scored.
+    """
+
+    auc: float
+    tpr_at_fpr: dict[float, float]
+    members: int
+    non_members: int
+
+
+def loss_threshold_attack(
+    member_losses: object,
+    non_member_losses: object,
+    *,
+    fprs: tuple[float, ...] = (0.001, 0.01, 0.1),
+) -> MembershipReport:
+    """Score membership by minus the loss: a lower loss says "member".
+
+    Yeom et al. 2018 ("Privacy Risk in Machine Learning: Analyzing the Connection to
+    Overfitting"), the threshold adversary; TF Privacy's and MindArmour's simple attacks.
+    The AUC is the Mann-Whitney statistic P[score(member) > score(non-member)] with ties counted
+    1/2. For each target FPR the threshold is the strictest that lets at most that fraction of
+    non-members through (``score > t``), so a small held-out set gives a conservative TPR (at
+    FPR 0.1% with 360 non-members, t is above every non-member).
+    """
+    member = np.asarray(member_losses, dtype=np.float64).ravel()
+    other = np.asarray(non_member_losses, dtype=np.float64).ravel()
+    if member.size == 0 or other.size == 0:
+        raise InvalidParameterError("losses", (member.size, other.size), "need both groups")
+    if not (np.all(np.isfinite(member)) and np.all(np.isfinite(other))):
+        raise InvalidParameterError("losses", "array", "must be finite")
+    ranks = stats.rankdata(np.concatenate([-member, -other]))  # average ranks for ties
+    u = ranks[: member.size].sum() - member.size * (member.size + 1) / 2.0
+    auc = float(u / (member.size * other.size))
+    other_sorted = np.sort(-other)[::-1]  # non-member scores, descending
+    tpr: dict[float, float] = {}
+    for fpr in fprs:
+        allowed = math.floor(probability("fpr", fpr) * other.size + 1e-9)
+        # t = the (allowed+1)-th highest non-member score: exactly `allowed` lie strictly above
+        # it at most (ties only lower that count).
+        t = other_sorted[allowed] if allowed < other.size else -np.inf
+        tpr[fpr] = float(np.mean(-member > t))
+    return MembershipReport(auc, tpr, int(member.size), int(other.size))
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,31 @@ def test_group_privacy_refuses_bad_input():
         group_privacy_rdp(orders=[1.5, 2.0], rdp=[0.1, 0.2], group_size=2)
     with pytest.raises(InvalidParameterError):
         group_privacy_rdp(orders=[4.0], rdp=[0.1], group_size=0)
+
+
+def test_loss_threshold_attack_auc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from dp_core.audit import loss_threshold_attack
+
+    rng = np.random.default_rng(3)
+    members = rng.exponential(0.5, 700).round(2)  # rounding makes ties
+    others = rng.exponential(1.0, 300).round(2)
+    report = loss_threshold_attack(members, others)
+    labels = np.r_[np.ones(700), np.zeros(300)]
+    scores = -np.r_[members, others]
+    assert report.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    for target, got in report.tpr_at_fpr.items():
+        assert got == pytest.approx(tpr[fpr <= target + 1e-12].max(), abs=1e-12)
+
+
+def test_loss_threshold_attack_extremes():
+    from dp_core.audit import loss_threshold_attack
+
+    separated = loss_threshold_attack([0.0, 0.1, 0.2], [1.0, 2.0, 3.0, 4.0])
+    assert separated.auc == 1.0
+    assert separated.tpr_at_fpr[0.001] == 1.0
+    same = loss_threshold_attack([1.0] * 5, [1.0] * 5)
+    assert same.auc == 0.5
+    assert same.tpr_at_fpr[0.1] == 0.0
