@@ -85,8 +85,8 @@ def test_the_trainer_refuses_before_training():
     ds = _data(copies=[(0, 1)])
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    kwargs = dict(loss_fn=F.cross_entropy, max_grad_norm=1.0, epochs=1, sample_rate=0.5,
-                  noise_multiplier=1.0)  # fmt: skip
+    kwargs = {"loss_fn": F.cross_entropy, "max_grad_norm": 1.0, "epochs": 1, "sample_rate": 0.5,
+                  "noise_multiplier": 1.0}  # fmt: skip
     with pytest.raises(DuplicateRecordsError):
         DPTrainer(model, opt, ds, **kwargs)
     assert DPTrainer(model, opt, ds, max_records_per_individual=2, **kwargs).group_size == 2
