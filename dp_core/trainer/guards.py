@@ -164,7 +164,7 @@ def check_training_data(
     return k
 
 
-def group_epsilon(mechanism: object, *, delta: float, group_size: int) -> float:
+def group_epsilon(mechanism: SampledGaussianSchedule, *, delta: float, group_size: int) -> float:
     """Return the epsilon at ``delta`` of ``mechanism`` for groups of ``group_size`` records.
 
     The mechanism's RDP on dp_core's default orders goes through
