@@ -240,7 +240,12 @@ def run_audit(config: AuditConfig, *, data: TrainTestData | None = None) -> Audi
         seed=config.seed + 7919,  # independent of the trainer's generators
     )
     train = _with_canaries(data.train, canaries)
-    model = build_model(config.model, image_size=data.image_size, num_classes=data.num_classes)
+    model = build_model(
+        config.model,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        channels=data.channels,
+    )
     if config.private:
         epsilon, sigma = _train_private(config, model, train)
     else:

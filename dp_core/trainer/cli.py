@@ -55,10 +55,15 @@ def _progress_callbacks() -> tuple[Any, Any, Any]:
 
 def train(
     data: Annotated[
-        str, typer.Option(help="'digits' (scikit-learn's) or 'mnist:DIR' (IDX files).")
+        str,
+        typer.Option(
+            help="'digits' (scikit-learn's), 'mnist:DIR' or 'fashion-mnist:DIR' (IDX files), "
+            "'cifar10:DIR' (python batches). Nothing is downloaded."
+        ),
     ] = "digits",
     model: Annotated[
-        str, typer.Option(help="mlp or cnn (the TF Privacy tutorial CNN, 28x28 only).")
+        str,
+        typer.Option(help="mlp, cnn (TF Privacy's tutorial CNN, 28x28) or vgg (GroupNorm, 32x32)."),
     ] = "mlp",
     epochs: Annotated[int, typer.Option(min=1, help="Planned epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Expected (Poisson) batch size qN.")] = 256,

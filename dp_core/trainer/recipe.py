@@ -243,7 +243,12 @@ def _train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     data = load_data(config.data, seed=config.seed)
-    model = build_model(config.model, image_size=data.image_size, num_classes=data.num_classes)
+    model = build_model(
+        config.model,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        channels=data.channels,
+    )
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
     q = config.batch_size / len(data.train)
     grouped = (config.max_records_per_individual or 1) > 1
