@@ -1,7 +1,8 @@
 """How close the one-run audit comes to the theoretical epsilon, over seeds (asserts nothing).
 
-For each noise multiplier, trains digits with m canaries once per seed and prints the empirical
-lower bound beside the run's RDP epsilon, then the positive control (no clipping, no noise).
+For each canary kind and noise multiplier, trains digits with m canaries once per seed and prints
+the empirical lower bound beside the run's RDP epsilon, then the positive control (no clipping,
+no noise).
 
 Usage: python bench/audit_seeds.py [--seeds 10] [--epochs 10] [--canaries 256]
 """

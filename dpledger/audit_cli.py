@@ -25,7 +25,8 @@ def _human(summary: dict[str, Any]) -> str:
             + ("none (non-private run)" if theory is None else f"{theory:.4f}"),
             f"epsilon lower bound (one-run audit, {summary['confidence']:.0%} confidence): "
             f"{summary['epsilon_lower_bound']:.4f}",
-            f"canaries: {summary['canaries']} ({summary['canaries_included']} trained on); "
+            f"canaries: {summary['canaries']} {summary['canary_kind']} "
+            f"({summary['canaries_included']} trained on); "
             f"{summary['correct_guesses']}/{summary['guesses']} guesses correct",
             f"membership inference (loss threshold, {mia['members']} train vs "
             f"{mia['non_members']} held out): AUC {mia['auc']:.4f}  {tprs}",
@@ -41,6 +42,13 @@ def audit(
     ] = "digits",
     model: Annotated[str, typer.Option(help="mlp, cnn (28x28) or vgg (CIFAR-10).")] = "mlp",
     canaries: Annotated[int, typer.Option(min=2, help="m, canaries each in w.p. 1/2.")] = 256,
+    canary_kind: Annotated[
+        str,
+        typer.Option(
+            help="gradient (white-box Dirac gradient canaries, last iterate) or input "
+            "(black-box: random images with random labels, scored by their loss)."
+        ),
+    ] = "gradient",
     noise_multiplier: Annotated[float | None, typer.Option(help="sigma.")] = None,
     target_epsilon: Annotated[
         float | None, typer.Option(help="Calibrate sigma to this epsilon.")
@@ -69,7 +77,7 @@ def audit(
             data=data, model=model, canaries=canaries, epochs=epochs, batch_size=batch_size,
             lr=lr, optimizer=optimizer, noise_multiplier=noise_multiplier,
             target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
-            confidence=confidence, seed=seed, private=not non_private,
+            confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
         )  # fmt: skip
         summary = run_audit(config).to_dict()
     except DpCoreError as exc:

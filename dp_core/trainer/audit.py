@@ -1,20 +1,23 @@
 """The one-run privacy audit of a DP-SGD run (Steinke, Nasr & Jagielski 2023), with the trainer.
 
-The audit inserts m *input-space canaries* (uniform random images with uniform random labels:
-out of distribution and unlearnable from the rest of the data, so a canary is fitted only if it
-was trained on), each included in the training set independently with probability 1/2 (seeded).
-It trains once with :class:`~dp_core.trainer.loop.DPTrainer` exactly as a normal run would, scores
-each canary by minus its loss, guesses membership for the most and least confident, and turns
-the count of correct guesses into an epsilon lower bound with :mod:`dp_core.audit`. The run's
-theoretical epsilon is its RDP epsilon at the same delta.
+m canaries are each included in the training set independently with probability 1/2 (seeded);
+the run trains once with :class:`~dp_core.trainer.loop.DPTrainer`, exactly as a normal run
+would; each canary gets a score, the auditor guesses membership for the most and least confident,
+and :mod:`dp_core.audit` turns the count of correct guesses into an epsilon lower bound. The
+run's theoretical epsilon is its RDP epsilon at the same delta. Two kinds of canaries:
 
-Input-space canaries audit the *released model* only (black-box); they give loose lower bounds
-for correctly implemented DP-SGD (the paper's Figure 3), which is the point: a bound far below
-the theoretical epsilon is expected, a bound above it is a bug. The non-private mode (no
-clipping, no noise) shows the audit finds leakage when there is some.
+* ``gradient`` (default; the paper's white-box "Dirac" gradient canaries, observed at the last
+  iterate): the model gets one extra scalar parameter per canary, and canary j's loss is
+  ``scale * theta_j`` with a scale far above C, so its per-example gradient is C e_j after
+  clipping and touches nothing else. Every step adds the mechanism's noise to theta as to any
+  parameter; the score is ``-theta_j`` at the end. This audits the DP-SGD mechanism itself
+  (sampling, clipping, noise, accounting): a bug there shows as a bound above theory.
+* ``input`` (black-box): uniform random binary images with random labels, scored by minus
+  their loss on the released model. Much looser for correct DP-SGD (the paper's Figure 3).
 
-A loss-threshold membership-inference report (AUC, TPR at low FPR) of the trained model on its
-real training data against the held-out test split is computed alongside.
+The non-private mode (no clipping, no noise) is the positive control: the audit must find
+leakage. A loss-threshold membership-inference report (AUC, TPR at low FPR) of the trained
+model on its real training data against the held-out split comes alongside.
 """
 
 from __future__ import annotations
@@ -43,10 +46,17 @@ from dp_core.trainer.models import build_model
 from dp_core.trainer.recipe import build_optimizer
 from dp_core.trainer.sampling import poisson_batch, steps_per_epoch
 
+CANARY_KINDS = ("gradient", "input")
+GRADIENT_CANARY_SCALE = 1e4
+"""Canary loss scale in units of C: the gradient is clipped to exactly C (up to 1e-4 relative)."""
+
 __all__ = [
+    "CANARY_KINDS",
     "AuditConfig",
     "AuditResult",
     "CanarySet",
+    "GradientCanaryModel",
+    "gradient_canary_loss",
     "make_canaries",
     "run_audit",
 ]
@@ -59,6 +69,7 @@ class AuditConfig:
     Attributes:
         private: False trains without clipping or noise (the audit's positive control); then
             ``noise_multiplier`` and ``target_epsilon`` must be None.
+        canary_kind: ``gradient`` (white-box, last iterate) or ``input`` (black-box).
     """
 
     data: str = "digits"
@@ -75,6 +86,7 @@ class AuditConfig:
     confidence: float = 0.95
     seed: int = 0
     private: bool = True
+    canary_kind: str = "gradient"
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class AuditResult:
         test_accuracy: Accuracy of the audited model on the held-out split.
         noise_multiplier: sigma of the run (None for a non-private run).
         delta: The delta of both epsilons.
+        canary_kind: ``gradient`` or ``input``.
     """
 
     epsilon_theoretical: float | None
@@ -113,6 +126,7 @@ class AuditResult:
     test_accuracy: float
     noise_multiplier: float | None
     delta: float
+    canary_kind: str = "gradient"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON summary (the CLI's ``--json`` output)."""
@@ -122,6 +136,7 @@ class AuditResult:
             "confidence": self.confidence,
             "canaries": self.canaries,
             "canaries_included": self.canaries_included,
+            "canary_kind": self.canary_kind,
             "guesses": self.bound.guesses,
             "correct_guesses": self.bound.correct,
             "delta": self.delta,
@@ -146,6 +161,44 @@ def make_canaries(*, count: int, shape: tuple[int, ...], num_classes: int, seed:
     labels = torch.randint(num_classes, (count,), generator=g)
     included = torch.rand(count, generator=g) < 0.5
     return CanarySet(inputs, labels, included)
+
+
+class GradientCanaryModel(nn.Module):
+    """``base`` plus one scalar parameter per gradient canary, appended to the outputs.
+
+    Outputs are ``[base logits (K), theta (m)]``; labels ``K + j`` mark canary j (see
+    :func:`gradient_canary_loss`).
+    """
+
+    def __init__(self, base: nn.Module, canaries: int) -> None:
+        """Wrap ``base`` and add ``canaries`` zero-initialised scalars."""
+        super().__init__()
+        self.base = base
+        self.canary = nn.Parameter(torch.zeros(canaries))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the base logits with the canary parameters appended to each row."""
+        logits = self.base(x)
+        return torch.cat([logits, self.canary.expand(logits.shape[0], -1)], dim=1)
+
+
+def gradient_canary_loss(num_classes: int, scale: float) -> Any:
+    """Cross-entropy for labels < K; ``scale * theta_j`` for label K + j (branch-free for vmap).
+
+    ``torch.where`` sends no gradient into the branch it does not select, so a canary's gradient
+    is ``scale * e_j`` on the canary parameters alone and an ordinary example's never reaches them.
+    """
+
+    def loss(output: Tensor, target: Tensor) -> Tensor:
+        is_canary = target >= num_classes
+        ce = F.cross_entropy(
+            output[:, :num_classes], torch.where(is_canary, 0, target), reduction="none"
+        )
+        j = torch.where(is_canary, target - num_classes, 0)
+        theta = output[:, num_classes:].gather(1, j.unsqueeze(1)).squeeze(1)
+        return torch.where(is_canary, scale * theta, ce).mean()
+
+    return loss
 
 
 def _with_canaries(train: TensorDataset, canaries: CanarySet) -> TensorDataset:
@@ -186,16 +239,20 @@ def _noise_multiplier(config: AuditConfig, sample_rate: float) -> float:
 
 
 def _train_private(
-    config: AuditConfig, model: nn.Module, train: TensorDataset
+    config: AuditConfig,
+    model: nn.Module,
+    train: TensorDataset,
+    loss_fn: Any,
+    trainer_class: type[DPTrainer],
 ) -> tuple[float, float]:
     """DP-SGD exactly as ``dpledger train`` runs it; return (epsilon, sigma)."""
     q = min(config.batch_size / len(train), 1.0)
     sigma = _noise_multiplier(config, q)
-    trainer = DPTrainer(
+    trainer = trainer_class(
         model,
         build_optimizer(config.optimizer, model.parameters(), config.lr),
         train,
-        loss_fn=F.cross_entropy,
+        loss_fn=loss_fn,
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
         sample_rate=q,
@@ -207,7 +264,9 @@ def _train_private(
     return trainer.fit().epsilon, sigma
 
 
-def _train_non_private(config: AuditConfig, model: nn.Module, train: TensorDataset) -> None:
+def _train_non_private(
+    config: AuditConfig, model: nn.Module, train: TensorDataset, loss_fn: Any
+) -> None:
     """Poisson-sampled SGD on the mean loss: no clipping, no noise (the positive control)."""
     if config.noise_multiplier is not None or config.target_epsilon is not None:
         raise InvalidParameterError(
@@ -222,36 +281,65 @@ def _train_non_private(config: AuditConfig, model: nn.Module, train: TensorDatas
         idx = poisson_batch(len(train), q, g)
         if idx.numel() == 0:
             continue
-        loss = F.cross_entropy(model(x[idx]), y[idx], reduction="sum") / (q * len(train))
+        loss = loss_fn(model(x[idx]), y[idx]) * idx.numel() / (q * len(train))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimizer.step()
 
 
-def run_audit(config: AuditConfig, *, data: TrainTestData | None = None) -> AuditResult:
-    """Train once with m canaries and return the audit (see the module docstring)."""
+def _gradient_canaries(count: int, train: TensorDataset, num_classes: int, seed: int) -> CanarySet:
+    """Gradient canaries: zero inputs labelled K + j (the label selects the canary)."""
+    g = torch.Generator().manual_seed(seed)
+    x = train.tensors[0]
+    inputs = torch.zeros((count, *x.shape[1:]), dtype=x.dtype)
+    labels = num_classes + torch.arange(count)
+    return CanarySet(inputs, labels, torch.rand(count, generator=g) < 0.5)
+
+
+def run_audit(
+    config: AuditConfig,
+    *,
+    data: TrainTestData | None = None,
+    trainer_class: type[DPTrainer] = DPTrainer,
+) -> AuditResult:
+    """Train once with m canaries and return the audit (see the module docstring).
+
+    ``trainer_class`` is a test seam: a deliberately broken trainer must be caught.
+    """
+    if config.canary_kind not in CANARY_KINDS:
+        raise InvalidParameterError(
+            "canary_kind", config.canary_kind, f"must be one of {', '.join(CANARY_KINDS)}"
+        )
+    if config.canaries < 2:
+        raise InvalidParameterError("canaries", config.canaries, "must be >= 2")
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config.data, seed=config.seed)
     x_train, y_train = data.train.tensors
-    canaries = make_canaries(
-        count=config.canaries,
-        shape=tuple(x_train.shape[1:]),
-        num_classes=data.num_classes,
-        seed=config.seed + 7919,  # independent of the trainer's generators
+    k = data.num_classes
+    seed = config.seed + 7919  # canaries independent of the trainer's generators
+    base = build_model(
+        config.model, image_size=data.image_size, num_classes=k, channels=data.channels
     )
-    train = _with_canaries(data.train, canaries)
-    model = build_model(
-        config.model,
-        image_size=data.image_size,
-        num_classes=data.num_classes,
-        channels=data.channels,
-    )
-    if config.private:
-        epsilon, sigma = _train_private(config, model, train)
+    model: nn.Module
+    if config.canary_kind == "gradient":
+        canaries = _gradient_canaries(config.canaries, data.train, k, seed)
+        model = GradientCanaryModel(base, config.canaries)
+        loss_fn = gradient_canary_loss(k, GRADIENT_CANARY_SCALE * config.max_grad_norm)
     else:
-        _train_non_private(config, model, train)
+        canaries = make_canaries(
+            count=config.canaries, shape=tuple(x_train.shape[1:]), num_classes=k, seed=seed
+        )
+        model, loss_fn = base, F.cross_entropy
+    train = _with_canaries(data.train, canaries)
+    if config.private:
+        epsilon, sigma = _train_private(config, model, train, loss_fn, trainer_class)
+    else:
+        _train_non_private(config, model, train, loss_fn)
         epsilon, sigma = None, None
-    scores = -_losses(model, canaries.inputs, canaries.labels)
+    if config.canary_kind == "gradient":
+        scores = -model.get_parameter("canary").detach().double().numpy()
+    else:
+        scores = -_losses(base, canaries.inputs, canaries.labels)
     bound = best_audit_over_guess_counts(
         scores,
         canaries.included.numpy(),
@@ -259,11 +347,25 @@ def run_audit(config: AuditConfig, *, data: TrainTestData | None = None) -> Audi
         confidence=config.confidence,
         delta=config.delta,
     )
+    return _result(config, base, data, canaries, bound, epsilon, sigma)
+
+
+def _result(
+    config: AuditConfig,
+    base: nn.Module,
+    data: TrainTestData,
+    canaries: CanarySet,
+    bound: AuditBound,
+    epsilon: float | None,
+    sigma: float | None,
+) -> AuditResult:
+    x_train, y_train = data.train.tensors
     x_test, y_test = data.test.tensors
-    test_losses = _losses(model, x_test, y_test)
-    membership = loss_threshold_attack(_losses(model, x_train, y_train), test_losses)
+    membership = loss_threshold_attack(
+        _losses(base, x_train, y_train), _losses(base, x_test, y_test)
+    )
     with torch.no_grad():
-        accuracy = float((model(x_test).argmax(1) == y_test).double().mean())
+        accuracy = float((base(x_test).argmax(1) == y_test).double().mean())
     return AuditResult(
         epsilon_theoretical=epsilon,
         epsilon_lower_bound=bound.epsilon,
@@ -275,4 +377,5 @@ def run_audit(config: AuditConfig, *, data: TrainTestData | None = None) -> Audi
         test_accuracy=accuracy,
         noise_multiplier=sigma,
         delta=config.delta,
+        canary_kind=config.canary_kind,
     )
