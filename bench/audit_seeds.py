@@ -25,34 +25,38 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
-        "| sigma | eps (theory) | lower bound: max | mean | seeds with bound > 0 | max bound / theory |"
+        "| canaries | sigma | eps (theory) | lower bound: max | mean | seeds with bound > 0 "
+        "| max bound / theory |"
     )
-    print("|---|---|---|---|---|---|")
-    for sigma in (0.5, 1.0, 2.0):
-        bounds, theory = [], 0.0
-        for seed in range(args.seeds):
-            r = run_audit(
-                AuditConfig(
-                    noise_multiplier=sigma, epochs=args.epochs, canaries=args.canaries, seed=seed
-                )
+    print("|---|---|---|---|---|---|---|")
+    for kind in ("gradient", "input"):
+        for sigma in (0.5, 1.0, 2.0, 4.0):
+            bounds, theory = [], 0.0
+            for seed in range(args.seeds):
+                r = run_audit(
+                    AuditConfig(noise_multiplier=sigma, epochs=args.epochs,
+                                canaries=args.canaries, seed=seed, canary_kind=kind)
+                )  # fmt: skip
+                assert r.epsilon_theoretical is not None
+                theory = r.epsilon_theoretical
+                bounds.append(r.epsilon_lower_bound)
+            print(
+                f"| {kind} | {sigma} | {theory:.2f} | {max(bounds):.3f} | "
+                f"{statistics.mean(bounds):.3f} | {sum(b > 0 for b in bounds)}/{args.seeds} | "
+                f"{max(bounds) / theory:.3f} |"
             )
-            assert r.epsilon_theoretical is not None
-            theory = r.epsilon_theoretical
-            bounds.append(r.epsilon_lower_bound)
+        epochs = 5 if kind == "gradient" else 60
+        control = [
+            run_audit(
+                AuditConfig(private=False, epochs=epochs, canaries=args.canaries, seed=seed,
+                            canary_kind=kind)
+            ).epsilon_lower_bound
+            for seed in range(args.seeds)
+        ]  # fmt: skip
         print(
-            f"| {sigma} | {theory:.2f} | {max(bounds):.3f} | {statistics.mean(bounds):.3f} | "
-            f"{sum(b > 0 for b in bounds)}/{args.seeds} | {max(bounds) / theory:.3f} |"
+            f"| {kind} | none (no clip, no noise, {epochs} epochs) | - | {max(control):.3f} | "
+            f"{statistics.mean(control):.3f} | {sum(b > 0 for b in control)}/{args.seeds} | - |"
         )
-    control = [
-        run_audit(
-            AuditConfig(private=False, epochs=60, canaries=args.canaries, seed=seed)
-        ).epsilon_lower_bound
-        for seed in range(args.seeds)
-    ]
-    print(
-        f"| none (no clip, no noise, 60 epochs) | - | {max(control):.3f} | "
-        f"{statistics.mean(control):.3f} | {sum(b > 0 for b in control)}/{args.seeds} | - |"
-    )
 
 
 if __name__ == "__main__":
