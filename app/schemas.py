@@ -16,18 +16,22 @@ from app.text import describe_unsafe, find_unsafe
 
 
 def _refuse_unsafe(value: Any, *, multiline: bool) -> Any:
-    """Refuse NUL, control and bidi characters in any string of ``value`` (see app.text)."""
-    if isinstance(value, str):
-        char = find_unsafe(value, multiline=multiline)
-        if char is not None:
-            raise ValueError(f"holds a refused character ({describe_unsafe(char)})")
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            _refuse_unsafe(item, multiline=multiline)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_unsafe(key, multiline=False)
-            _refuse_unsafe(item, multiline=multiline)
+    """Refuse NUL, control and bidi characters in any string of ``value`` (see app.text).
+
+    Walks nested lists and dicts with an explicit stack (no recursion, whatever the depth).
+    """
+    stack: list[tuple[Any, bool]] = [(value, multiline)]
+    while stack:
+        item, lines = stack.pop()
+        if isinstance(item, str):
+            char = find_unsafe(item, multiline=lines)
+            if char is not None:
+                raise ValueError(f"holds a refused character ({describe_unsafe(char)})")
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((element, lines) for element in item)
+        elif isinstance(item, dict):
+            stack.extend((key, False) for key in item)
+            stack.extend((element, lines) for element in item.values())
     return value
 
 
