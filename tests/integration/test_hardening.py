@@ -72,7 +72,12 @@ async def test_an_oversize_body_is_refused_before_auth_and_parsing(anonymous, da
 async def test_the_limit_is_a_setting(database_url):
     settings = Settings(database_url=database_url, bootstrap_token=ADMIN_TOKEN, max_body_bytes=2048)
     async for http in _open(settings, **auth(ADMIN_TOKEN)):
-        body = {"name": "mnist", "description": "x" * 1900, "target_epsilon": 3.0, "target_delta": 1e-5}
+        body = {
+            "name": "mnist",
+            "description": "x" * 1900,
+            "target_epsilon": 3.0,
+            "target_delta": 1e-5,
+        }
         assert (await http.post("/v1/datasets", json=body)).status_code == 201
         body["description"] = "x" * 2000
         is_error(await http.post("/v1/datasets", json=body), 413, "payload_too_large")
@@ -128,7 +133,15 @@ async def test_refused_characters_in_bodies(anonymous, database_url, char):
     await make_dataset(_Admin(anonymous))
     before = snapshot(database_url)
     bodies = [
-        ("/v1/datasets", {"name": "cifar", "description": f"a{char}b", "target_epsilon": 3.0, "target_delta": 1e-5}),
+        (
+            "/v1/datasets",
+            {
+                "name": "cifar",
+                "description": f"a{char}b",
+                "target_epsilon": 3.0,
+                "target_delta": 1e-5,
+            },
+        ),
         ("/v1/runs", run_body(name=f"run{char}")),
         ("/v1/tokens", {"name": f"t{char}", "role": "viewer"}),
         ("/v1/tokens", {"name": "t", "role": "trainer", "datasets": [f"mnist{char}"]}),
@@ -170,7 +183,12 @@ async def test_refused_characters_in_paths_and_query_strings(anonymous, url):
 
 
 async def test_plain_text_still_passes(anonymous):
-    body = {"name": "ok", "description": "two\nlines\tand ünïcode ✓", "target_epsilon": 3.0, "target_delta": 1e-5}
+    body = {
+        "name": "ok",
+        "description": "two\nlines\tand ünïcode ✓",
+        "target_epsilon": 3.0,
+        "target_delta": 1e-5,
+    }
     response = await anonymous.post("/v1/datasets", json=body, headers=auth(ADMIN_TOKEN))
     assert response.status_code == 201, response.text
     assert response.json()["description"] == body["description"]
@@ -222,17 +240,24 @@ async def test_a_database_gone_is_503_and_metrics_say_0(tmp_path):
         scrape = await http.get("/metrics", headers=auth(METRICS_TOKEN))
         assert scrape.status_code == 200
         assert "dpledger_database_up 0.0" in scrape.text
-        is_error(await http.get("/metrics"), 503, "database_unavailable")  # admin token: needs the DB
+        is_error(
+            await http.get("/metrics"), 503, "database_unavailable"
+        )  # admin token: needs the DB
         (tmp_path / "moved").rename(directory)
         assert (await http.get("/healthz")).status_code == 200
-        assert "dpledger_database_up 1.0" in (await http.get("/metrics", headers=auth(METRICS_TOKEN))).text
+        assert (
+            "dpledger_database_up 1.0"
+            in (await http.get("/metrics", headers=auth(METRICS_TOKEN))).text
+        )
 
 
 # --- metrics token ------------------------------------------------------------------------------
 
 
 async def test_the_static_metrics_token(database_url):
-    settings = Settings(database_url=database_url, bootstrap_token=ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
+    settings = Settings(
+        database_url=database_url, bootstrap_token=ADMIN_TOKEN, metrics_token=METRICS_TOKEN
+    )
     async for http in _open(settings):
         assert (await http.get("/metrics", headers=auth(METRICS_TOKEN))).status_code == 200
         is_error(await http.get("/metrics", headers=auth(METRICS_TOKEN[:-1])), 401, "unauthorized")
@@ -246,7 +271,8 @@ async def test_the_static_metrics_token(database_url):
 
 
 @pytest.mark.parametrize(
-    "token", ["a", "dpl_short", "x" * 31, "dpl_" + "a" * 28 + " ", "dpl_" + "é" * 40, "dpl_" + "a" * 300]
+    "token",
+    ["a", "dpl_short", "x" * 31, "dpl_" + "a" * 28 + " ", "dpl_" + "é" * 40, "dpl_" + "a" * 300],
 )
 def test_a_weak_bootstrap_token_is_refused_at_start(token):
     with pytest.raises(ValidationError, match="at least 32 characters"):
@@ -300,7 +326,9 @@ async def test_a_revoked_bootstrap_token_stays_revoked_after_a_restart(settings,
     assert [(r.name, r.revoked_at is not None) for r in rows] == [("bootstrap", True)]
 
 
-async def test_the_first_admin_token_goes_to_a_private_file_not_the_log(database_url, tmp_path, caplog):
+async def test_the_first_admin_token_goes_to_a_private_file_not_the_log(
+    database_url, tmp_path, caplog
+):
     token_file = tmp_path / "secret" / "first-token"
     settings = Settings(database_url=database_url, initial_token_file=token_file)
     with caplog.at_level(logging.DEBUG):
@@ -314,15 +342,21 @@ async def test_the_first_admin_token_goes_to_a_private_file_not_the_log(database
 
 async def test_a_token_scope_must_name_existing_datasets(anonymous, database_url):
     admin = auth(ADMIN_TOKEN)
-    await _Admin(anonymous).post("/v1/datasets", json={"name": "mnist", "target_epsilon": 3.0, "target_delta": 1e-5})
+    await _Admin(anonymous).post(
+        "/v1/datasets", json={"name": "mnist", "target_epsilon": 3.0, "target_delta": 1e-5}
+    )
     before = snapshot(database_url)
     response = await anonymous.post(
-        "/v1/tokens", json={"name": "t", "role": "trainer", "datasets": ["mnist", "later"]}, headers=admin
+        "/v1/tokens",
+        json={"name": "t", "role": "trainer", "datasets": ["mnist", "later"]},
+        headers=admin,
     )
     assert response.status_code == 422 and "later" in response.json()["message"]
     assert response.json()["missing"] == ["later"]
     assert snapshot(database_url) == before
-    ok = await anonymous.post("/v1/tokens", json={"name": "t", "role": "trainer", "datasets": ["mnist"]}, headers=admin)
+    ok = await anonymous.post(
+        "/v1/tokens", json={"name": "t", "role": "trainer", "datasets": ["mnist"]}, headers=admin
+    )
     assert ok.status_code == 201
 
 
@@ -354,7 +388,9 @@ async def test_cross_site_login_and_logout_are_refused(anonymous, headers):
 
 
 async def test_a_same_site_referer_is_enough(anonymous):
-    response = await _login(anonymous, ADMIN_TOKEN, Referer="http://dpledger.test/login?next=/dashboard")
+    response = await _login(
+        anonymous, ADMIN_TOKEN, Referer="http://dpledger.test/login?next=/dashboard"
+    )
     assert response.status_code == 303
 
 
@@ -379,7 +415,9 @@ async def test_the_cookie_is_a_hashed_server_side_session(anonymous, database_ur
 async def test_sessions_expire_and_end_with_their_token(anonymous, database_url):
     from app.services.tokens import revoke_token
 
-    created = await anonymous.post("/v1/tokens", json={"name": "v", "role": "viewer"}, headers=auth(ADMIN_TOKEN))
+    created = await anonymous.post(
+        "/v1/tokens", json={"name": "v", "role": "viewer"}, headers=auth(ADMIN_TOKEN)
+    )
     viewer = created.json()
     await _login(anonymous, viewer["token"], **ORIGIN)
     assert (await anonymous.get("/dashboard")).status_code == 200

@@ -195,5 +195,10 @@ def test_the_metrics_module_takes_plain_values():
     tree = ast.parse(Path(app.metrics.__file__).read_text())
     imported = {
         node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-    } | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
     assert not [name for name in imported if name.startswith(("app.", "sqlalchemy"))]

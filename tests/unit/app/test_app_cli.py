@@ -41,7 +41,16 @@ def test_db_upgrade_creates_the_tables(cli):
 def make_database_with_datasets(root, *names: str) -> None:
     assert CliRunner().invoke(root, ["db", "upgrade"]).exit_code == 0
     for name in names:
-        args = ["dataset", "create", "--name", name, "--target-epsilon", "3", "--target-delta", "1e-5"]
+        args = [
+            "dataset",
+            "create",
+            "--name",
+            name,
+            "--target-epsilon",
+            "3",
+            "--target-delta",
+            "1e-5",
+        ]
         result = CliRunner().invoke(root, args)
         assert result.exit_code == 0, result.output
 

@@ -258,8 +258,11 @@ def test_token_list_never_prints_raw_control_characters(cli):
         with engine.begin() as conn:  # e.g. a row from before names were checked
             conn.execute(
                 ApiToken.__table__.insert().values(
-                    token_hash="0" * 64, name="x\x1b[31m\u202egnp.exe\x00", role="viewer",
-                    datasets=[], created_at=datetime.now(UTC),
+                    token_hash="0" * 64,
+                    name="x\x1b[31m\u202egnp.exe\x00",
+                    role="viewer",
+                    datasets=[],
+                    created_at=datetime.now(UTC),
                 )
             )
     finally:
