@@ -143,13 +143,19 @@ def _hand_over_initial_token(token: str, settings: Settings) -> None:
         print(f"dpledger: created the first admin token (shown once): {token}", file=sys.stderr)
         return
     path = settings.token_file().expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # also when the file existed with other permissions
-        os.write(fd, f"{token}\n".encode("ascii"))
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # also when the file existed with other permissions
+            os.write(fd, f"{token}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot write the first admin token to {path} ({error.strerror}); set"
+            " DPLEDGER_INITIAL_TOKEN_FILE to a writable path, or DPLEDGER_BOOTSTRAP_TOKEN"
+        ) from None
     logger.warning(
         "created the first admin token; it is in %s (mode 0600): read it, then delete the file",
         path,
@@ -166,9 +172,7 @@ def _prepare_database(app: FastAPI, settings: Settings) -> None:
     with app.state.session_factory() as session:
         if settings.bootstrap_token is not None:
             register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
-        initial = create_initial_token(session)
-    if initial is not None:
-        _hand_over_initial_token(initial, settings)
+        create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:

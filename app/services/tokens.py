@@ -9,6 +9,7 @@ a revocation survives restarts. Revoking a token also ends its dashboard session
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,14 +119,20 @@ def register_bootstrap_token(session: Session, token: str) -> bool:
     return not revoked
 
 
-def create_initial_token(session: Session) -> str | None:
-    """When no token was ever created (none, not even revoked), create an admin token; else None."""
+def create_initial_token(session: Session, deliver: Callable[[str], None]) -> bool:
+    """When no token was ever created (none, not even revoked), create an admin token.
+
+    ``deliver`` hands the token to the operator before the transaction commits: when it fails,
+    nothing is stored, so the next start tries again instead of locking everyone out.
+    Returns whether a token was created.
+    """
     with write_transaction(session):
         if session.scalar(select(exists().where(ApiToken.id.is_not(None)))):
-            return None
+            return False
         token = generate_token()
         _insert_token(session, name=INITIAL_NAME, role=Role.admin, datasets=[], token=token)
-        return token
+        deliver(token)
+        return True
 
 
 def principal_of(row: ApiToken) -> Principal:

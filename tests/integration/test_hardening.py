@@ -340,6 +340,21 @@ async def test_the_first_admin_token_goes_to_a_private_file_not_the_log(
     assert any(str(token_file) in r.getMessage() for r in caplog.records)
 
 
+async def test_an_unwritable_token_file_stops_the_start_and_stores_no_token(database_url, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = Settings(database_url=database_url, initial_token_file=blocker / "token")
+    with pytest.raises(RuntimeError, match="DPLEDGER_INITIAL_TOKEN_FILE"):
+        async for _http in _open(settings):
+            pass
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(ApiToken.id)).all() == []  # the next start tries again
+    finally:
+        engine.dispose()
+
+
 async def test_a_token_scope_must_name_existing_datasets(anonymous, database_url):
     admin = auth(ADMIN_TOKEN)
     await _Admin(anonymous).post(
