@@ -1,4 +1,6 @@
 // Starts ReDoc on /redoc (an external file: the page's CSP allows no inline script).
 window.addEventListener("DOMContentLoaded", function () {
-  Redoc.init(document.body.dataset.openapiUrl, {}, document.getElementById("redoc"));
+  // Search runs in a blob: web worker, which the CSP (scripts from this origin only) forbids.
+  var options = { disableSearch: true };
+  Redoc.init(document.body.dataset.openapiUrl, options, document.getElementById("redoc"));
 });

@@ -6,5 +6,6 @@ window.addEventListener("DOMContentLoaded", function () {
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
     deepLinking: true,
+    validatorUrl: null, // no badge from validator.swagger.io (offline, and outside the CSP)
   });
 });
