@@ -169,10 +169,14 @@ def _prepare_database(app: FastAPI, settings: Settings) -> None:
     engine = create_db_engine(settings)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    with app.state.session_factory() as session:
-        if settings.bootstrap_token is not None:
-            register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
-        create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
+    try:
+        with app.state.session_factory() as session:
+            if settings.bootstrap_token is not None:
+                register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
+            create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
+    except BaseException:
+        engine.dispose()  # a failed start leaves no connection open
+        raise
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
