@@ -238,7 +238,10 @@ def test_hostile_requests_and_cross_site_login(server, database_url):
         assert set(json.loads(raw)) >= {"code", "message"}
     conn.close()
     assert _counts(database_url) == before
-    assert "Traceback" not in server.log.read_text()
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    # The start-up line names the dashboard, the API docs and the database (password hidden).
+    assert f"dashboard {server.url}/dashboard, API docs {server.url}/docs; database " in log
     _cross_site_login_is_refused(server)
 
 
