@@ -252,6 +252,27 @@ async def test_a_database_gone_is_503_and_metrics_say_0(tmp_path):
         )
 
 
+async def test_a_locked_sqlite_database_is_503_not_500(tmp_path):
+    """Another process holds SQLite's write lock past the busy timeout: 503, retry later."""
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    settings = Settings(
+        database_url=f"sqlite:///{path}", bootstrap_token=ADMIN_TOKEN, sqlite_busy_timeout_s=0.2
+    )
+    async for http in _open(settings, **auth(ADMIN_TOKEN)):
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            body = {"name": "mnist", "target_epsilon": 3.0, "target_delta": 1e-5}
+            response = await http.post("/v1/datasets", json=body)
+            is_error(response, 503, "database_unavailable")
+            assert response.headers["retry-after"] == "5"
+        finally:
+            holder.close()
+        await make_dataset(http)  # and once the lock is gone, it simply works
+
+
 # --- metrics token ------------------------------------------------------------------------------
 
 
