@@ -21,6 +21,7 @@ COPY migrations/ /srv/dpledger/migrations/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DPLEDGER_DATABASE_URL=sqlite:////data/dpledger.db \
+    DPLEDGER_INITIAL_TOKEN_FILE=/data/initial-admin-token \
     DPLEDGER_MIGRATIONS_DIR=/srv/dpledger/migrations \
     DPLEDGER_HOST=0.0.0.0 \
     DPLEDGER_PORT=8000

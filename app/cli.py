@@ -6,6 +6,10 @@ run them can read that database anyway) and go through the same services, hence 
 validation, as the API. Bad input or an unknown name: one line on stderr, exit code 2, nothing
 written.
 
+Each admin command names the database it used (a ``database: ...`` line on stderr, or in its error
+line) and never creates one: only ``serve`` and ``db upgrade`` do, so a command run with another
+working directory or environment cannot silently start an empty ledger.
+
 Heavy imports (FastAPI, uvicorn, SQLAlchemy) happen inside the commands, so ``dpledger epsilon``
 does not pay for them.
 """
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from app.auth import Principal
+    from app.settings import Settings
 
 db_cli = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 token_cli = typer.Typer(help="API tokens.", no_args_is_help=True)
@@ -37,9 +42,19 @@ ledger_cli = typer.Typer(help="The append-only ledger.", no_args_is_help=True)
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
+#: The database the current command opened (named in its error line, if it fails).
+_database_in_use: list[str] = []
+
+
 def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    where = f" (database {_database_in_use[-1]})" if _database_in_use else ""
+    typer.echo(f"error: {message}{where}", err=True)
     raise typer.Exit(2)
+
+
+def _say_database() -> None:
+    if _database_in_use:
+        typer.echo(f"database: {_database_in_use[-1]}", err=True)
 
 
 @contextmanager
@@ -50,6 +65,7 @@ def _one_line_errors() -> Iterator[None]:
 
     from app.errors import AppError
 
+    _database_in_use.clear()
     try:
         yield
     except ValidationError as error:
@@ -65,11 +81,27 @@ def _one_line_errors() -> Iterator[None]:
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    """Open a session on the configured database, migrated to the latest revision first."""
-    from app.db import create_db_engine, make_session_factory, upgrade_database
+    """Open a session on the configured, existing database, migrated to the latest revision.
+
+    Refuses (exit code 2) when there is no dpledger database there yet; names it on stderr after
+    the command succeeded.
+    """
+    from app.db import (
+        create_db_engine,
+        database_exists,
+        display_url,
+        make_session_factory,
+        upgrade_database,
+    )
     from app.settings import get_settings
 
     settings = get_settings()
+    _database_in_use.append(display_url(settings.database_url))
+    if not database_exists(settings):
+        _fail(
+            "no dpledger database here: start the service (dpledger serve) or create it with"
+            " dpledger db upgrade, or set DPLEDGER_DATABASE_URL"
+        )
     upgrade_database(settings)
     engine = create_db_engine(settings)
     try:
@@ -77,6 +109,7 @@ def _session() -> Iterator[Session]:
             yield session
     finally:
         engine.dispose()
+    _say_database()
 
 
 def _cli_principal() -> Principal:
@@ -102,6 +135,20 @@ def _number(value: float | None) -> str:
 # --- serve, db --------------------------------------------------------------------------------
 
 
+def _load_settings() -> Settings:
+    """Return the settings, or exit 2 with one line naming the first bad ``DPLEDGER_*`` value."""
+    from pydantic import ValidationError
+
+    from app.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        _fail(f"invalid DPLEDGER_{field.upper()}: {first['msg']}")
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings).")] = None,
@@ -110,18 +157,31 @@ def serve(
 
     Logs go to stderr, one JSON object per line (DPLEDGER_LOG_FORMAT, DPLEDGER_LOG_LEVEL).
     """
+    import logging
+
     import uvicorn
 
-    from app.logging_config import configure_logging
+    from app.db import display_url
+    from app.logging_config import configure_logging, log_fields
     from app.main import create_app
-    from app.settings import get_settings
 
-    settings = get_settings()
+    settings = _load_settings()
     configure_logging(settings)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    base = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
+    database = display_url(settings.database_url)
+    logging.getLogger("dpledger").info(
+        "dpledger %s: dashboard %s/dashboard, API docs %s/docs; database %s",
+        base,
+        base,
+        base,
+        database,
+        extra=log_fields(event="start", url=base, database=database),
+    )
     uvicorn.run(
         create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
+        host=bind_host,
+        port=bind_port,
         log_config=None,  # keep the handler configure_logging installed on the root logger
         log_level=settings.log_level.lower(),
         access_log=False,  # the request middleware logs each request, with its id and latency
@@ -132,13 +192,14 @@ def serve(
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
-    """Apply the database migrations (DPLEDGER_DATABASE_URL)."""
-    from app.db import upgrade_database
-    from app.settings import get_settings
+    """Apply the database migrations (DPLEDGER_DATABASE_URL); creates the database if needed."""
+    from app.db import display_url, upgrade_database
 
+    settings = _load_settings()
     with _one_line_errors():
-        upgrade_database(get_settings(), revision)
-    typer.echo(f"database upgraded to {revision}")
+        _database_in_use.append(display_url(settings.database_url))
+        upgrade_database(settings, revision)
+    typer.echo(f"database {_database_in_use[-1]} upgraded to {revision}")
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -249,8 +310,12 @@ def token_create(
 
 @token_cli.command("list")
 def token_list(as_json: AsJson = False) -> None:
-    """List the tokens (ids, names, roles, datasets; never the secrets, which are not stored)."""
-    from app.services.token_admin import list_tokens
+    """List the tokens, revoked ones too (never the secrets, which are not stored).
+
+    Names are printed with control characters escaped, so a name cannot drive the terminal.
+    """
+    from app.services.tokens import list_tokens
+    from app.text import printable
 
     with _one_line_errors(), _session() as session:
         tokens = list_tokens(session)
@@ -264,32 +329,41 @@ def token_list(as_json: AsJson = False) -> None:
                         "role": t.role.value,
                         "datasets": t.datasets,
                         "created_at": t.created_at.isoformat(),
+                        "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
                     }
                     for t in tokens
                 ]
-            )
+            )  # ensure_ascii: every control character is escaped
         )
         return
     cells = [
-        [str(t.id), t.name, t.role.value, ",".join(t.datasets) or "-", t.created_at.isoformat()]
+        [
+            str(t.id),
+            printable(t.name),
+            t.role.value,
+            printable(",".join(t.datasets)) or "-",
+            t.created_at.isoformat(),
+            t.revoked_at.isoformat() if t.revoked_at else "-",
+        ]
         for t in tokens
     ]
-    typer.echo(_table(cells, ["id", "name", "role", "datasets", "created_at"]))
+    typer.echo(_table(cells, ["id", "name", "role", "datasets", "created_at", "revoked_at"]))
 
 
 @token_cli.command("revoke")
 def token_revoke(
     token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id (token list).")],
 ) -> None:
-    """Revoke a token: every replica refuses it from its next request on."""
-    from app.services.token_admin import revoke_token
+    """Revoke a token: every replica refuses it from its next request on, for good."""
+    from app.services.tokens import BOOTSTRAP_NAME, revoke_token
+    from app.text import printable
 
     with _one_line_errors(), _session() as session:
         revoked = revoke_token(session, token_id)
-    typer.echo(f"revoked token {revoked.id} ({revoked.name}, {revoked.role.value})")
-    if revoked.name == "bootstrap":
+    typer.echo(f"revoked token {revoked.id} ({printable(revoked.name)}, {revoked.role.value})")
+    if revoked.name == BOOTSTRAP_NAME:
         typer.echo(
-            "note: the service registers DPLEDGER_BOOTSTRAP_TOKEN again when it starts; unset it",
+            "note: DPLEDGER_BOOTSTRAP_TOKEN stays revoked (also after restarts); set a new one",
             err=True,
         )
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
@@ -32,6 +33,56 @@ _WRITE_OPTION = "dpledger_write"
 def is_sqlite(url: str) -> bool:
     """Whether ``url`` names an SQLite database."""
     return url.startswith("sqlite")
+
+
+def display_url(url: str) -> str:
+    """Return ``url`` with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """Return the file of an SQLite URL (None for PostgreSQL or an in-memory database)."""
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else Path(database)
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """Create the directory of an SQLite file (the default one lives in the user's data dir)."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def database_exists(settings: Settings) -> bool:
+    """Whether the configured database was created already (has dpledger's migrations table).
+
+    An SQLite file that does not exist is not opened (opening it would create it).
+    """
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.expanduser().exists():
+        return False
+    engine = create_db_engine(settings)
+    try:
+        with engine.connect() as connection:
+            return inspect(connection).has_table("alembic_version")
+    finally:
+        engine.dispose()
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means "the database cannot be reached or the connection was lost".
+
+    Those are answered 503 with Retry-After: a retry later may succeed. Other database errors
+    (a constraint, a bug) are not.
+    """
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
 
 
 def create_db_engine(settings: Settings) -> Engine:
@@ -48,6 +99,7 @@ def create_db_engine(settings: Settings) -> Engine:
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=True,
     )
 
@@ -110,5 +162,6 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade_database(settings: Settings, revision: str = "head") -> None:
-    """Apply the migrations up to ``revision``."""
+    """Apply the migrations up to ``revision`` (creating an SQLite file and its directory)."""
+    ensure_sqlite_directory(settings.database_url)
     command.upgrade(alembic_config(settings), revision)

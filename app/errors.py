@@ -123,3 +123,41 @@ class CalibrationFailedError(InvalidInputError):
     """No noise multiplier within dp_core's search range meets the target."""
 
     code = "calibration_failed"
+
+
+# --- hardening: limits, availability, unexpected failures ------------------------------------
+
+
+class PayloadTooLargeError(AppError):
+    """The request body is larger than ``DPLEDGER_MAX_BODY_BYTES`` (refused before parsing)."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+
+class CrossSiteRequestError(PermissionDeniedError):
+    """A state-changing dashboard form was posted from another site (Origin/Referer check)."""
+
+    code = "cross_site_request"
+
+
+class DatabaseUnavailableError(AppError):
+    """The database cannot be reached, or the connection was lost (answered with Retry-After)."""
+
+    code = "database_unavailable"
+    status_code = 503
+
+
+class InternalError(AppError):
+    """An unexpected failure; logged with the request id, never shown to the client."""
+
+    code = "internal_error"
+    status_code = 500
+
+
+__all__ += [
+    "CrossSiteRequestError",
+    "DatabaseUnavailableError",
+    "InternalError",
+    "PayloadTooLargeError",
+]

@@ -16,24 +16,34 @@ a request (the CLI) it is None and nothing is counted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
-
-from app.services.budgets import BudgetSummary, summarize_budgets
 
 logger = logging.getLogger("dpledger.metrics")
 
-SessionOpener = Callable[[], AbstractContextManager[Session]]
 
-_BUDGET_GAUGES: tuple[tuple[str, str, Callable[[BudgetSummary], float]], ...] = (
+@dataclass(frozen=True)
+class DatasetGauges:
+    """One dataset's numbers as plain values (this module never imports the services' types)."""
+
+    dataset: str
+    target_epsilon: float
+    epsilon_spent: float
+    epsilon_reserved: float
+    epsilon_remaining: float
+    runs: dict[str, int] = field(default_factory=dict)
+
+
+#: Reads every dataset's gauges from the database at scrape time; raises when it cannot.
+BudgetReader = Callable[[], Sequence[DatasetGauges]]
+
+_BUDGET_GAUGES: tuple[tuple[str, str, Callable[[DatasetGauges], float]], ...] = (
     ("target", "The dataset's target epsilon.", lambda s: s.target_epsilon),
     (
         "spent",
@@ -54,10 +64,13 @@ _BUDGET_GAUGES: tuple[tuple[str, str, Callable[[BudgetSummary], float]], ...] = 
 
 
 class DatasetBudgetCollector:
-    """Yield every dataset's epsilon gauges and run counts, read from the database per scrape."""
+    """Yield every dataset's epsilon gauges and run counts, read from the database per scrape.
 
-    def __init__(self, open_session: SessionOpener) -> None:
-        self._open_session = open_session
+    When the read fails (database down), only ``dpledger_database_up 0`` is served.
+    """
+
+    def __init__(self, read_budgets: BudgetReader) -> None:
+        self._read_budgets = read_budgets
 
     def describe(self) -> Iterable[Metric]:
         # Declared so registering never touches the database (no collect() at registration).
@@ -65,15 +78,14 @@ class DatasetBudgetCollector:
 
     def collect(self) -> Iterable[Metric]:
         try:
-            with self._open_session() as session:
-                summaries = summarize_budgets(session)
-        except SQLAlchemyError:
+            gauges = self._read_budgets()
+        except Exception:  # any failure to read means "down" for the scrape, never a 500
             logger.warning("metrics: could not read the datasets' budgets", exc_info=True)
             return [_database_up(0.0)]
-        return [_database_up(1.0), *self._families(summaries)]
+        return [_database_up(1.0), *self._families(gauges)]
 
     @staticmethod
-    def _families(summaries: list[BudgetSummary]) -> Iterator[Metric]:
+    def _families(summaries: Sequence[DatasetGauges]) -> Iterator[Metric]:
         for suffix, documentation, value in _BUDGET_GAUGES:
             family = GaugeMetricFamily(
                 f"dpledger_dataset_epsilon_{suffix}", documentation, labels=["dataset"]
@@ -93,7 +105,7 @@ class DatasetBudgetCollector:
 class AppMetrics:
     """One app's metrics: its registry, the per-process counters and the latency histogram."""
 
-    def __init__(self, open_session: SessionOpener) -> None:
+    def __init__(self, read_budgets: BudgetReader) -> None:
         self.registry = CollectorRegistry()
         self.admissions = Counter(
             "dpledger_admissions",
@@ -120,7 +132,7 @@ class AppMetrics:
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
-        self.registry.register(DatasetBudgetCollector(open_session))
+        self.registry.register(DatasetBudgetCollector(read_budgets))
 
     def count_admission(self, *, dataset: str, dry_run: bool) -> None:
         """Count one admitted run request."""

@@ -168,3 +168,21 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     datasets: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    #: Set when revoked; the row (its hash) stays so the token is never registered again.
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, default=None)
+
+
+class DashboardSession(Base):
+    """A dashboard login: the cookie holds a random id, stored here as its SHA-256 hash only."""
+
+    __tablename__ = "dashboard_sessions"
+    __table_args__ = (
+        UniqueConstraint("session_hash", name="uq_dashboard_sessions_session_hash"),
+        Index("ix_dashboard_sessions_token_id", "token_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)

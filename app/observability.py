@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import AppError
 from app.logging_config import log_fields, request_id_var
-from app.metrics import AppMetrics, SessionOpener, current_metrics
+from app.metrics import AppMetrics, BudgetReader, current_metrics
 
 logger = logging.getLogger("dpledger.requests")
 audit_logger = logging.getLogger("dpledger.ledger")
@@ -118,9 +118,9 @@ class RequestContextMiddleware:
         )
 
 
-def install_observability(app: FastAPI, open_session: SessionOpener) -> AppMetrics:
+def install_observability(app: FastAPI, read_budgets: BudgetReader) -> AppMetrics:
     """Give ``app`` its metrics registry and the request middleware; return the metrics."""
-    metrics = AppMetrics(open_session)
+    metrics = AppMetrics(read_budgets)
     app.state.metrics = metrics
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return metrics

@@ -10,11 +10,46 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.ledger.transitions import EntryKind as LedgerEntryKind
+from app.text import describe_unsafe, find_unsafe
+
+
+def _refuse_unsafe(value: Any, *, multiline: bool) -> Any:
+    """Refuse NUL, control and bidi characters in any string of ``value`` (see app.text).
+
+    Walks nested lists and dicts with an explicit stack (no recursion, whatever the depth).
+    """
+    stack: list[tuple[Any, bool]] = [(value, multiline)]
+    while stack:
+        item, lines = stack.pop()
+        if isinstance(item, str):
+            char = find_unsafe(item, multiline=lines)
+            if char is not None:
+                raise ValueError(f"holds a refused character ({describe_unsafe(char)})")
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((element, lines) for element in item)
+        elif isinstance(item, dict):
+            stack.extend((key, False) for key in item)
+            stack.extend((element, lines) for element in item.values())
+    return value
+
+
+def _one_line(value: str) -> str:
+    result: str = _refuse_unsafe(value, multiline=False)
+    return result
+
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["mnist"])]
+#: A label shown in lists and on terminals: no control, NUL or bidi characters, no newlines.
+Name = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_one_line)]
+#: Free text: tab and newlines allowed, other control, NUL and bidi characters refused.
+Text = Annotated[
+    str,
+    Field(max_length=2000),
+    AfterValidator(lambda value: _refuse_unsafe(value, multiline=True)),
+]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Epsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 Delta = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
@@ -31,6 +66,13 @@ class Request(BaseModel):
     """Base of request bodies: unknown fields and type coercion are refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_unsafe_characters(cls, value: Any) -> Any:
+        # Every string of every request body, identically on SQLite and PostgreSQL (names and
+        # labels are checked more strictly by ``Name``; free text keeps its newlines here).
+        return _refuse_unsafe(value, multiline=True)
 
 
 class Role(StrEnum):
@@ -514,9 +556,9 @@ class NoiseMultiplierRead(BaseModel):
 
 
 class TokenCreate(Request):
-    """A new API token."""
+    """A new API token; a trainer's datasets must exist (422 otherwise)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Name
     role: Literal["admin", "trainer", "viewer"]
     datasets: Annotated[list[Slug], Field(max_length=256)] = Field(
         default_factory=list, description="Datasets a trainer token may charge."

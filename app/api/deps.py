@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import Principal
-from app.services.dashboard import try_authenticate
+from app.services.sessions import resolve_session
 from app.services.tokens import authenticate
 from app.settings import Settings
 
@@ -55,8 +55,9 @@ def get_bearer_token(
 
 BearerTokenDep = Annotated[str | None, Depends(get_bearer_token)]
 
-#: The dashboard's login cookie (HttpOnly, SameSite=Lax; set by ``POST /login``).
-SESSION_COOKIE = "dpledger_token"
+#: The dashboard's login cookie: a random session id, never the token (HttpOnly, SameSite=Lax;
+#: set by ``POST /login``, see :mod:`app.services.sessions`).
+SESSION_COOKIE = "dpledger_session"
 
 
 def get_page_principal(
@@ -66,12 +67,13 @@ def get_page_principal(
 ) -> Principal | None:
     """Return the caller of a dashboard page, or None when not logged in.
 
-    A bearer header (API clients) must be valid (401 otherwise); else the login cookie is used,
-    and a missing or stale cookie means "not logged in" (the page redirects to the login form).
+    A bearer header (API clients) must be valid (401 otherwise); else the login cookie's session
+    is used, and a missing, expired or revoked one means "not logged in" (the page redirects to
+    the login form).
     """
     if credentials is not None:
         return authenticate(session, credentials.credentials)
-    return try_authenticate(session, request.cookies.get(SESSION_COOKIE))
+    return resolve_session(session, request.cookies.get(SESSION_COOKIE))
 
 
 PagePrincipalDep = Annotated[Principal | None, Depends(get_page_principal)]

@@ -9,6 +9,7 @@ accounting math happens under the lock: :func:`app.ledger.transitions.charge` on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, aliased
@@ -22,7 +23,7 @@ from app.ledger.costs import UnitCosts
 from app.ledger.transitions import EntryKind
 from app.models import ApiToken, Dataset, LedgerEntry, Run
 from app.observability import AdmissionLog, log_charge
-from app.schemas import EpochChargeRead, Role, RunRead, RunStatus
+from app.schemas import EpochChargeRead, RunRead, RunStatus
 from app.services.accounting import epsilon_of_rdp
 from app.services.admission import budget_refusal, verdict
 from app.services.datasets import budget_state, lock_dataset, store_budget_state
@@ -35,7 +36,7 @@ from app.services.runs import (
     run_state,
     run_to_read,
 )
-from app.services.tokens import authenticate
+from app.services.tokens import authenticate, principal_of
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,6 @@ def _last_charge() -> ScalarSelect[int | None]:
     )
 
 
-def _principal(token: ApiToken) -> Principal:
-    return Principal(
-        token_id=token.id,
-        name=token.name,
-        role=Role(token.role),
-        datasets=frozenset(token.datasets),
-    )
-
-
 def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | None) -> _Locked:
     """Authenticate, lock the dataset and read the run: one statement (FOR UPDATE OF datasets).
 
@@ -75,7 +67,7 @@ def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | No
     columns = select(Run, Dataset, _last_charge()).join(Dataset, Run.dataset_id == Dataset.id)
     if isinstance(caller, str):
         columns = columns.add_columns(ApiToken).join(
-            ApiToken, ApiToken.token_hash == hash_token(caller)
+            ApiToken, (ApiToken.token_hash == hash_token(caller)) & ApiToken.revoked_at.is_(None)
         )
     row = session.execute(
         columns.where(Run.id == run_id)
@@ -86,8 +78,9 @@ def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | No
         if isinstance(caller, str):
             authenticate(session, caller)  # 401 for an unknown token, else the run is missing
         raise NotFoundError(f"no run {run_id}")
-    run, dataset, last = row[0], row[1], row[2]
-    principal = _principal(row[3]) if isinstance(caller, str) else caller
+    fields: tuple[Any, ...] = tuple(row)
+    run, dataset, last = fields[0], fields[1], fields[2]
+    principal = principal_of(fields[3]) if isinstance(caller, str) else caller
     assert isinstance(principal, Principal)
     principal.require_dataset_write(dataset.name)
     return _Locked(run, dataset, principal, 0 if last is None else int(last) + 1)

@@ -8,7 +8,7 @@ dataset's S then grows where needed to cover what those runs may still charge
 conservative, and it keeps C <= S <= B exact from here on.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

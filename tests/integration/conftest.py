@@ -26,7 +26,7 @@ from app.main import create_app
 from app.models import Dataset, LedgerEntry, Run
 from app.settings import Settings
 
-ADMIN_TOKEN = "dpl_test_admin_token"
+ADMIN_TOKEN = "dpl_test_admin_token_0123456789abcdef"
 
 
 def _postgres_base_url() -> str | None:

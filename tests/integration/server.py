@@ -27,9 +27,10 @@ def free_port() -> int:
 class Server:
     """Start with :meth:`start`, stop gracefully with :meth:`stop` or brutally with :meth:`kill`."""
 
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, database_url: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.database_url = database_url
         self.log = log
+        self.env = env or {}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -42,6 +43,7 @@ class Server:
             **os.environ,
             "DPLEDGER_DATABASE_URL": self.database_url,
             "DPLEDGER_BOOTSTRAP_TOKEN": ADMIN_TOKEN,
+            **self.env,
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

@@ -24,6 +24,7 @@ from tests.integration.conftest import ADMIN_TOKEN, auth, make_dataset, run_body
 pytestmark = pytest.mark.anyio
 
 HTML = {"Accept": "text/html"}
+SAME_ORIGIN = {"Origin": "http://dpledger.test"}
 
 
 @pytest.fixture
@@ -32,7 +33,10 @@ async def browser(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dpledger.test") as http:
+        # A browser sends Origin with every form post (checked by /login and /logout).
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://dpledger.test", headers=SAME_ORIGIN
+        ) as http:
             yield http
 
 
@@ -83,7 +87,7 @@ async def test_pages_redirect_to_the_login_form_without_a_login(browser, path):
 
 
 async def test_a_stale_cookie_counts_as_not_logged_in(browser):
-    browser.cookies.set("dpledger_token", "dpl_revoked", domain="dpledger.test")
+    browser.cookies.set("dpledger_session", "not-a-session", domain="dpledger.test")
     response = await browser.get("/dashboard")
     assert response.status_code == 303
 
@@ -94,7 +98,7 @@ async def test_login_sets_an_httponly_samesite_cookie(browser, client):
     assert response.status_code == 303
     assert response.headers["location"] == "/dashboard/datasets/mnist"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"dpledger_token={ADMIN_TOKEN};")
+    assert cookie.startswith("dpledger_session=") and ADMIN_TOKEN not in cookie
     flags = {part.strip().lower() for part in cookie.split(";")}
     assert {"httponly", "samesite=lax", "path=/"} <= flags
     assert "secure" not in flags  # plain http: a Secure cookie would never come back
@@ -110,7 +114,11 @@ async def test_the_cookie_is_secure_over_https(settings):
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="https://dpledger.test") as http:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="https://dpledger.test",
+            headers={"Origin": "https://dpledger.test"},
+        ) as http:
             response = await _login(http, ADMIN_TOKEN)
             assert "secure" in {
                 p.strip().lower() for p in response.headers["set-cookie"].split(";")
@@ -143,7 +151,7 @@ async def test_logout_clears_the_cookie(browser):
     response = await browser.post("/logout")
     assert response.status_code == 303 and response.headers["location"] == "/login"
     cookie = response.headers["set-cookie"].lower()
-    assert cookie.startswith('dpledger_token="";') and "max-age=0" in cookie
+    assert cookie.startswith('dpledger_session="";') and "max-age=0" in cookie
     assert (await browser.get("/dashboard")).status_code == 303
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine
 from app.db import make_session_factory
 from app.main import create_app
 from app.metrics import DatasetBudgetCollector
+from app.services.metrics_access import read_dataset_gauges
 from tests.integration.conftest import ADMIN_TOKEN, auth, make_dataset, run_body
 
 pytestmark = pytest.mark.anyio
@@ -175,9 +176,29 @@ async def test_each_app_has_its_own_counters_but_shares_the_gauges(settings, cli
 async def test_scrape_reports_a_database_it_cannot_read(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}")
     try:
-        collector = DatasetBudgetCollector(make_session_factory(engine))
+        factory = make_session_factory(engine)
+        collector = DatasetBudgetCollector(lambda: read_dataset_gauges(factory))
         families = {family.name: family for family in collector.collect()}
     finally:
         engine.dispose()
     assert [sample.value for sample in families["dpledger_database_up"].samples] == [0.0]
     assert set(families) == {"dpledger_database_up"}
+
+
+def test_the_metrics_module_takes_plain_values():
+    """Lower floors never import upper ones: app.metrics knows no service, model or session."""
+    import ast
+    from pathlib import Path
+
+    import app.metrics
+
+    tree = ast.parse(Path(app.metrics.__file__).read_text())
+    imported = {
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not [name for name in imported if name.startswith(("app.", "sqlalchemy"))]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep
-from app.schemas import Health
+from app.schemas import ErrorBody, Health
 from app.services.health import check_database
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "database_unavailable (with Retry-After)"}
+}
+
+
+@router.get("/healthz", responses=_UNAVAILABLE)
 def healthz(session: SessionDep) -> Health:
-    """Answer ok when the service can reach its database."""
+    """Answer ok when the service can reach its database (503 database_unavailable otherwise)."""
     check_database(session)
     return Health(status="ok")
 

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import SettingsDep
 from app.metrics import AppMetrics
 from app.services.metrics_access import authorize_scrape
 
@@ -16,13 +17,24 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def require_scrape_access(
-    session: SessionDep,
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Let the scrape through when metrics are public or the token is a viewer's or admin's."""
-    token = credentials.credentials if credentials else None
-    authorize_scrape(session, public=settings.metrics_public, token=token)
+    """Let the scrape through when metrics are public, for the static scrape token, or for a
+    viewer's or admin's API token (only this last case reads the database)."""
+
+    def open_session() -> Session:
+        session: Session = request.app.state.session_factory()
+        return session
+
+    static = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    authorize_scrape(
+        open_session,
+        public=settings.metrics_public,
+        static_token=static,
+        token=credentials.credentials if credentials else None,
+    )
 
 
 def get_app_metrics(request: Request) -> AppMetrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
@@ -59,7 +60,7 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
-def _cli_for(url, monkeypatch):
+def _cli_for(url, monkeypatch, *, create: bool = True):
     monkeypatch.setenv("DPLEDGER_DATABASE_URL", url)
     get_settings.cache_clear()
     root = typer.Typer()
@@ -70,6 +71,8 @@ def _cli_for(url, monkeypatch):
     def invoke(*args: str):
         return CliRunner().invoke(root, list(args))
 
+    if create:
+        assert invoke("db", "upgrade").exit_code == 0  # admin commands never create a database
     return invoke
 
 
@@ -213,6 +216,8 @@ def test_dataset_create_refuses_a_duplicate(cli):
 
 def test_token_list_and_revoke(cli):
     invoke, url = cli
+    assert invoke("dataset", "create", "--name", "mnist", "--target-epsilon", "3",
+                  "--target-delta", "1e-5").exit_code == 0  # fmt: skip
     viewer = json.loads(
         invoke("token", "create", "--role", "viewer", "--name", "grafana", "--json").stdout
     )
@@ -222,20 +227,55 @@ def test_token_list_and_revoke(cli):
     listed = invoke("token", "list", "--json")
     assert listed.exit_code == 0, listed.output
     tokens = json.loads(listed.stdout)
-    assert [(t["id"], t["name"], t["role"], t["datasets"]) for t in tokens] == [
-        (viewer["id"], "grafana", "viewer", []),
-        (trainer["id"], "cli", "trainer", ["mnist"]),
+    assert [(t["id"], t["name"], t["role"], t["datasets"], t["revoked_at"]) for t in tokens] == [
+        (viewer["id"], "grafana", "viewer", [], None),
+        (trainer["id"], "cli", "trainer", ["mnist"], None),
     ]
     text = invoke("token", "list").stdout
     assert "grafana" in text and viewer["token"] not in text and trainer["token"] not in text
     revoked = invoke("token", "revoke", str(viewer["id"]))
     assert revoked.exit_code == 0, revoked.output
     assert "revoked token" in revoked.stdout
-    assert [t["id"] for t in json.loads(invoke("token", "list", "--json").stdout)] == [
-        trainer["id"]
+    after = json.loads(invoke("token", "list", "--json").stdout)
+    assert [(t["id"], t["revoked_at"] is not None) for t in after] == [
+        (viewer["id"], True),
+        (trainer["id"], False),
     ]
-    assert "not_found" in fail_line(invoke("token", "revoke", str(viewer["id"])))
-    assert count(url, ApiToken) == 1
+    # Revoking again changes nothing; an unknown id is not_found.
+    assert invoke("token", "revoke", str(viewer["id"])).exit_code == 0
+    assert "not_found" in fail_line(invoke("token", "revoke", "999"))
+    assert count(url, ApiToken) == 2  # the revoked token's hash is kept, so it stays revoked
+
+
+def test_token_list_never_prints_raw_control_characters(cli):
+    """Names are refused with control characters; rows written by other means are escaped."""
+    invoke, url = cli
+    for name in ("a\x1bb", "rtl\u202eexe", "nul\x00", "new\nline", "c1\x9b"):
+        assert "refused character" in fail_line(
+            invoke("token", "create", "--role", "viewer", "--name", name)
+        )
+    assert count(url, ApiToken) == 0
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:  # e.g. a row from before names were checked
+            conn.execute(
+                ApiToken.__table__.insert().values(
+                    token_hash="0" * 64,
+                    name="x\x1b[31m\u202egnp.exe\x00",
+                    role="viewer",
+                    datasets=[],
+                    created_at=datetime.now(UTC),
+                )
+            )
+    finally:
+        engine.dispose()
+    listed = invoke("token", "list")
+    assert listed.exit_code == 0, listed.output
+    assert not any(ch in listed.stdout for ch in "\x1b\u202e\x00")
+    assert "\\x1b[31m\\u202egnp.exe\\x00" in listed.stdout
+    as_json = invoke("token", "list", "--json").stdout
+    assert not any(ch in as_json for ch in "\x1b\u202e\x00")
+    assert json.loads(as_json)[-1]["name"] == "x\x1b[31m\u202egnp.exe\x00"
 
 
 @pytest.fixture
@@ -358,8 +398,8 @@ def test_ledger_export_streams_in_batches(cli, tmp_path, monkeypatch):
 
 
 def test_unreachable_database_is_one_line(monkeypatch, tmp_path):
-    invoke = _cli_for(f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}", monkeypatch)
+    invoke = _cli_for(f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}", monkeypatch, create=False)
     try:
-        assert fail_line(invoke("dataset", "list")).startswith("error: database: ")
+        assert fail_line(invoke("dataset", "list")).startswith("error: no dpledger database here")
     finally:
         get_settings.cache_clear()
