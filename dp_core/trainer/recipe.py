@@ -21,7 +21,7 @@ import dp_core
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
-from dp_core.trainer.budget_gate import BudgetGate, HttpBudgetGate, LocalBudgetGate
+from dp_core.trainer.budget_gate import BudgetGate, LocalBudgetGate, RemoteGateFactory
 from dp_core.trainer.data import load_data
 from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
 from dp_core.trainer.models import build_model
@@ -118,7 +118,7 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
     return NoiseSchedule(config.schedule, sigma, config.decay_rate)
 
 
-def _gate(config: TrainConfig) -> BudgetGate | None:
+def _gate(config: TrainConfig, remote_gate: RemoteGateFactory | None) -> BudgetGate | None:
     if config.service is not None:
         if not config.token or not config.dataset:
             raise InvalidParameterError(
@@ -130,7 +130,13 @@ def _gate(config: TrainConfig) -> BudgetGate | None:
                 config.budget_epsilon,
                 "is for local runs; the service holds the budget",
             )
-        return HttpBudgetGate(
+        if config.reserve not in ("plan", "epoch"):
+            raise InvalidParameterError("reservation", config.reserve, "one of 'plan' or 'epoch'")
+        if remote_gate is None:
+            raise InvalidParameterError(
+                "service", config.service, "needs a ledger gate: run it as `dpledger train`"
+            )
+        return remote_gate(
             base_url=config.service,
             token=config.token,
             dataset=config.dataset,
@@ -168,8 +174,12 @@ def run_training(
     on_step: Callable[[StepStats], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     gate: BudgetGate | None = None,
+    remote_gate: RemoteGateFactory | None = None,
 ) -> dict[str, Any]:
     """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's).
+
+    ``remote_gate`` builds the ledger service's gate for ``config.service`` (``dpledger`` passes
+    ``dpledger.gate.http_gate``; dp_core cannot import it).
 
     When distributed, every rank calls this with the same config (torchrun sets the environment);
     the process group is initialized here unless it already is, and every rank returns the same
@@ -178,8 +188,9 @@ def run_training(
     distributed = launched_distributed(config)
     owns_group = distributed and _join_group()
     try:
+        gates = (gate, remote_gate)
         return _train(
-            config, on_step=on_step, on_epoch=on_epoch, gate=gate, distributed=distributed
+            config, on_step=on_step, on_epoch=on_epoch, gates=gates, distributed=distributed
         )
     finally:
         if owns_group:
@@ -191,7 +202,7 @@ def _train(
     *,
     on_step: Callable[[StepStats], None] | None,
     on_epoch: Callable[[EpochStats], None] | None,
-    gate: BudgetGate | None,
+    gates: tuple[BudgetGate | None, RemoteGateFactory | None],
     distributed: bool,
 ) -> dict[str, Any]:
     if config.threads is not None:
@@ -211,7 +222,7 @@ def _train(
         sample_rate=q,
         schedule=_schedule(config, q),
         delta=config.delta,
-        gate=gate if gate is not None else _gate(config),
+        gate=gates[0] if gates[0] is not None else _gate(config, gates[1]),
         max_physical_batch_size=config.max_physical_batch_size,
         num_microbatches=config.microbatches,
         adaptive_clipping=None
