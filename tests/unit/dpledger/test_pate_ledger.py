@@ -115,3 +115,21 @@ def test_server_failures_exit_2_with_one_line(monkeypatch, tmp_path, answer, sai
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: the ledger at http://ledger: ") and said in line
+
+
+def test_a_failure_mid_job_still_finishes_the_run(ledger, monkeypatch, tmp_path):
+    class FailSecondBatch(httpx.BaseTransport):
+        def handle_request(self, request):
+            if request.url.path.endswith("/batches") and b'"batch":1' in request.content:
+                return httpx.Response(500, text="boom")
+            return ledger.transport.handle_request(request)
+
+    _route_clients(monkeypatch, lambda token: LedgerClient(
+        "http://ledger", token=token, transport=FailSecondBatch(), retry=RetryPolicy(max_attempts=1)
+    ))  # fmt: skip
+    result = _pate(tmp_path, ADMIN_TOKEN, "d", "--batch-size", "10")
+    assert result.exit_code == 2 and "HTTP 500 error: boom" in result.stderr
+    with ledger.client() as admin:
+        (run,) = admin.get_budget("d").runs
+    assert (run.status, run.epochs_charged) == ("finished", 1)  # the unused batches released
+    assert not (tmp_path / "votes.labels.npy").exists()
