@@ -685,6 +685,14 @@ class LedgerClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    @property
+    def base_url(self) -> str:
+        """The service's URL."""
+        return str(self.http.base_url)
+
+    def __repr__(self) -> str:
+        return f"LedgerClient({self.base_url!r})"  # never the token
+
     def close(self) -> None:
         """Close the connection pool (unless it was passed in)."""
         if self._owns_http:

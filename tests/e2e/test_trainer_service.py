@@ -41,7 +41,7 @@ def _trainer(client, token, name, epochs, tmp_path, *, noise_multiplier=1.0, gat
     y = torch.randint(0, 2, (400,), generator=gen)
     x = torch.randn(400, 5, generator=gen) + 2.0 * (2 * y[:, None].float() - 1)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
-    gate = gate or HttpBudgetGate(base_url=str(client.http.base_url), token=token, dataset=name)
+    gate = gate or HttpBudgetGate(base_url=client.base_url, token=token, dataset=name)
     return DPTrainer(
         model, torch.optim.SGD(model.parameters(), lr=0.5), TensorDataset(x, y), loss_fn=F.cross_entropy,
         max_grad_norm=1.0, epochs=epochs, expected_batch_size=50, noise_multiplier=noise_multiplier, gate=gate, seed=0,
@@ -114,7 +114,7 @@ def test_a_concurrent_reservation_stops_a_pay_as_you_go_run_where_the_ledger_pre
     second = DpSgd(sample_rate=0.125, steps_per_epoch=8, epochs=8, noise_multiplier=2.0)
     gate = _SecondRunArrives(
         at=3, second_run=second, admin=service, reservation="epoch",
-        base_url=str(service.http.base_url), token=token, dataset="blobs-shared",
+        base_url=service.base_url, token=token, dataset="blobs-shared",
     )  # fmt: skip
     trainer = _trainer(
         service,
@@ -143,7 +143,7 @@ def test_a_concurrent_reservation_stops_a_pay_as_you_go_run_where_the_ledger_pre
 
 def _train_cli(service, token, dataset, *extra):
     args = ["train", "--no-progress", "--epochs", "2", "--noise-multiplier", "1.0",
-            "--threads", "1", "--service", str(service.http.base_url), "--token", token,
+            "--threads", "1", "--service", service.base_url, "--token", token,
             "--dataset", dataset, *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 

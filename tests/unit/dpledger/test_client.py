@@ -276,6 +276,16 @@ def test_result_fields_match_the_service_schema(name):
         assert not ours[field].is_required() and ours[field].default is None
 
 
+def test_retry_policies_are_checked_and_the_token_never_printed():
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="backoff_s"):
+        RetryPolicy(backoff_s=-1.0)
+    client = LedgerClient("http://ledger:8000", token="dpl_secret")
+    assert "dpl_secret" not in repr(client) and client.base_url == "http://ledger:8000"
+    client.close()
+
+
 def test_public_names_exist():
     assert sorted(client_module.__all__) == client_module.__all__
     for name in client_module.__all__:
