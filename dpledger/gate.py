@@ -12,6 +12,8 @@ training loop stops cleanly with a checkpoint; any other failure raises
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from dp_core.errors import InvalidParameterError
@@ -52,11 +54,6 @@ def refusal_reason(refusal: BudgetExceeded) -> str:
     return f"{refusal.code}: {refusal.message}{suffix}"
 
 
-def _trainer_error(what: str, error: LedgerError) -> TrainerLedgerError:
-    return TrainerLedgerError(f"{what} failed: {error}", status=error.status,
-                              service_code=error.code)  # fmt: skip
-
-
 class HttpBudgetGate:
     """A budget gate backed by the dpledger service, through :class:`LedgerClient`.
 
@@ -84,11 +81,27 @@ class HttpBudgetGate:
         self.dataset = dataset
         self.reservation = reservation
         self._owns_client = client is None
-        self.client = client or LedgerClient(
-            base_url, token=token, retry=retry, timeout_s=timeout_s
+        self._connect: Callable[[], LedgerClient] = functools.partial(
+            LedgerClient, base_url, token=token, retry=retry, timeout_s=timeout_s
         )
+        self.client = client or self._connect()
         self.run_id: int | None = None
         self.epochs_charged = 0
+
+    def _ledger(self) -> LedgerClient:
+        if self._owns_client and self.client.http.is_closed:
+            self.client = self._connect()  # used again after a failure or finish
+        return self.client
+
+    def _fail(self, what: str, error: LedgerError) -> TrainerLedgerError:
+        """Return the trainer's error for ``error``; the run is aborting, so close our client."""
+        self._close()
+        return TrainerLedgerError(f"{what} failed: {error}", status=error.status,
+                                  service_code=error.code)  # fmt: skip
+
+    def _close(self) -> None:
+        if self._owns_client:
+            self.client.close()
 
     def open(self, plan: RunPlan) -> GateDecision:
         """Register the run (``POST /v1/runs``); a budget refusal refuses the plan up front."""
@@ -96,14 +109,14 @@ class HttpBudgetGate:
             return GateDecision(True, "admitted")
         mechanism = plan_mechanism(plan)
         try:
-            run = self.client.create_run(
+            run = self._ledger().create_run(
                 dataset=self.dataset, name=plan.name, mechanism=mechanism,
                 reservation=self.reservation,
             )  # fmt: skip
         except BudgetExceeded as refusal:
             return GateDecision(False, refusal_reason(refusal))
         except LedgerError as error:
-            raise _trainer_error("registering the run", error) from error
+            raise self._fail("registering the run", error) from error
         self.run_id = run.id
         return GateDecision(True, "admitted", run.epsilon_run)
 
@@ -116,11 +129,11 @@ class HttpBudgetGate:
         if self.run_id is None:
             raise RuntimeError("the gate is not open")
         try:
-            charge = self.client.charge_epoch(self.run_id, epoch)
+            charge = self._ledger().charge_epoch(self.run_id, epoch)
         except BudgetExceeded as refusal:
             return GateDecision(False, refusal_reason(refusal))
         except LedgerError as error:
-            raise _trainer_error(f"charging epoch {epoch}", error) from error
+            raise self._fail(f"charging epoch {epoch}", error) from error
         self.epochs_charged = max(self.epochs_charged, epoch + 1)
         return GateDecision(True, "charged", charge.epsilon_spent)
 
@@ -131,12 +144,11 @@ class HttpBudgetGate:
         """
         try:
             if self.run_id is not None:
-                self.client.finish_run(self.run_id)
+                self._ledger().finish_run(self.run_id)
         except LedgerError as error:
-            raise _trainer_error("finishing the run", error) from error
+            raise self._fail("finishing the run", error) from error
         finally:
-            if self._owns_client:
-                self.client.close()
+            self._close()
 
     def state_dict(self) -> dict[str, Any]:
         """Return the run id and the epochs charged."""

@@ -131,7 +131,12 @@ class LedgerGate:
         self.segments: list[Segment] = []
         self.last_charge: EpochChargeRead | None = None
         self._finished = False
-        self._register(first_epoch=0)
+        try:
+            self._register(first_epoch=0)
+        except BaseException:
+            if self._owns_client:
+                self.client.close()
+            raise
 
     # -- the mechanism Opacus executes ---------------------------------------------------------
 
