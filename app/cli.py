@@ -176,7 +176,7 @@ def dataset_create(
 
 def _all_datasets(session: Session) -> list[dict[str, Any]]:
     from app.schemas import DatasetRead
-    from app.services.budget_summary import summarize_budgets
+    from app.services.budgets import summarize_budgets
     from app.services.datasets import list_datasets
 
     principal, page = _cli_principal(), 1000

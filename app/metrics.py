@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.services.budget_summary import BudgetSummary, summarize_budgets
+from app.services.budgets import BudgetSummary, summarize_budgets
 
 logger = logging.getLogger("dpledger.metrics")
 

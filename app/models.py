@@ -1,17 +1,14 @@
 """SQLAlchemy 2.0 tables: datasets (with the filter state), runs, the append-only ledger, tokens.
 
-RDP vectors are stored as JSON lists of floats, one per order of the dataset's grid; ``null``
-stands for +inf (JSON has no infinity), see :class:`RdpVector`.
+RDP vectors are stored exactly, as JSON lists of integers (quanta of 2^-64), one per order of the
+dataset's grid; ``null`` stands for +inf (JSON has no infinity), see :class:`QuantaVector`.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -27,7 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-FloatArray = npt.NDArray[np.float64]
+from app.ledger import quanta
+from app.ledger.quanta import Vec
 
 
 def utc_now() -> datetime:
@@ -35,29 +33,21 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RdpVector(TypeDecorator[FloatArray]):
-    """A float vector as a JSON list, with ``null`` for +inf (NaN is refused)."""
+class QuantaVector(TypeDecorator[tuple[int | None, ...]]):
+    """An exact RDP vector in quanta of 2^-64 (:mod:`app.ledger.quanta`): JSON integers, null = +inf."""
 
     impl = JSON
     cache_ok = True
 
-    def process_bind_param(self, value: FloatArray | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: tuple[int | None, ...] | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        array = np.asarray(value, dtype=np.float64)
-        if np.any(np.isnan(array)) or np.any(array == -np.inf):
-            raise ValueError("an RDP vector cannot hold NaN or -inf")
-        return [None if math.isinf(v) else float(v) for v in array.tolist()]
+        return quanta.to_json(tuple(value))
 
-    def compare_values(self, x: Any, y: Any) -> bool:
-        if x is None or y is None:
-            return x is y
-        return bool(np.array_equal(x, y))
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> FloatArray | None:
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[int | None, ...] | None:
         if value is None:
             return None
-        return np.array([math.inf if v is None else float(v) for v in value], dtype=np.float64)
+        return quanta.from_json(value)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -83,8 +73,9 @@ class Base(DeclarativeBase):
 class Dataset(Base):
     """A dataset with its budget, the filter's grid and the filter's state.
 
-    ``rdp_reserved`` is S(a) (committed plus open reservations), ``rdp_committed`` the charged
-    part, ``alive`` the alive set L as one flag per order.
+    ``capacity`` is B(a), ``rdp_reserved`` S(a) (committed plus open reservations),
+    ``rdp_committed`` the charged part, all exact quanta (:mod:`app.ledger.quanta`); ``alive`` is
+    the alive set L as one flag per order. :mod:`app.ledger.budget` keeps the rule.
     """
 
     __tablename__ = "datasets"
@@ -97,9 +88,9 @@ class Dataset(Base):
     target_delta: Mapped[float] = mapped_column(Float)
     orders: Mapped[list[float]] = mapped_column(JSON)
     weights: Mapped[list[float]] = mapped_column(JSON)
-    capacity: Mapped[FloatArray] = mapped_column(RdpVector)
-    rdp_reserved: Mapped[FloatArray] = mapped_column(RdpVector)
-    rdp_committed: Mapped[FloatArray] = mapped_column(RdpVector)
+    capacity: Mapped[Vec] = mapped_column(QuantaVector)
+    rdp_reserved: Mapped[Vec] = mapped_column(QuantaVector)
+    rdp_committed: Mapped[Vec] = mapped_column(QuantaVector)
     alive: Mapped[list[bool]] = mapped_column(JSON)
     #: The approximate-DP sub-budget carved out of (target_epsilon, target_delta) at creation for
     #: black-box releases (basic composition), and what they spent; the filter gets the rest.
@@ -112,9 +103,15 @@ class Dataset(Base):
 
 
 class Run(Base):
-    """A planned training run: its mechanism, its status and how many epochs were charged."""
+    """A planned run: its mechanism, its per-unit costs and its status.
+
+    ``status`` is ``admitted``, ``finished`` or ``refused``; how many units were charged (and so
+    whether an admitted run is running) is read from its charges in the ledger, never stored
+    twice. ``costs`` are the per-unit costs fixed at admission (:class:`app.ledger.costs.UnitCosts`).
+    """
 
     __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
@@ -132,7 +129,9 @@ class Run(Base):
     max_grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
     reservation: Mapped[str] = mapped_column(String(16), default="plan", server_default="plan")
     status: Mapped[str] = mapped_column(String(16))
-    epochs_charged: Mapped[int] = mapped_column(Integer, default=0)
+    costs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    #: "<token id>:<client key>" of ``Idempotency-Key``: a retried creation finds this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 
@@ -151,7 +150,7 @@ class LedgerEntry(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     kind: Mapped[str] = mapped_column(String(16))
     epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    rdp: Mapped[FloatArray] = mapped_column(RdpVector)
+    rdp: Mapped[Vec] = mapped_column(QuantaVector)
     mechanism: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     actor: Mapped[str] = mapped_column(String(128))

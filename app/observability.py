@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -27,9 +27,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import AppError
 from app.logging_config import log_fields, request_id_var
 from app.metrics import AppMetrics, SessionOpener, current_metrics
-from app.models import Dataset, Run
-from app.schemas import RunCreate
-from app.services.admission_filter import FilterDecision
 
 logger = logging.getLogger("dpledger.requests")
 audit_logger = logging.getLogger("dpledger.ledger")
@@ -150,6 +147,17 @@ def observe_admission(func: Callable[P, R]) -> Callable[P, R]:
 
 
 @dataclass(frozen=True)
+class FilterVerdict:
+    """The facts of one filter decision, as plain values (no service types at this floor)."""
+
+    admitted: bool
+    order: float | None
+    epsilon_projected: float
+    epsilon_remaining: float
+    target_epsilon: float
+
+
+@dataclass(frozen=True)
 class AdmissionLog:
     """What a decision line says about the request: run name, mechanism inputs, caller, dry run."""
 
@@ -160,55 +168,52 @@ class AdmissionLog:
 
     @classmethod
     def for_request(
-        cls, body: RunCreate, mechanism: dict[str, Any], actor: str, *, dry_run: bool
+        cls,
+        *,
+        run_name: str,
+        mechanism: dict[str, Any],
+        reservation: str,
+        actor: str,
+        dry_run: bool,
     ) -> AdmissionLog:
         """Return the log of a run request (``mechanism`` as stored, defaults filled in)."""
-        inputs = {**mechanism, "reservation": body.reservation.value}
-        return cls(run_name=body.name, inputs=inputs, actor=actor, dry_run=dry_run)
+        inputs = {**mechanism, "reservation": reservation}
+        return cls(run_name=run_name, inputs=inputs, actor=actor, dry_run=dry_run)
 
-    def log_decision(
-        self,
-        *,
-        dataset: str,
-        orders: Sequence[float],
-        decision: FilterDecision,
-        run_id: int | None,
-    ) -> None:
+    def log_decision(self, *, dataset: str, verdict: FilterVerdict, run_id: int | None) -> None:
         """Log one decision of the filter with everything that led to it."""
-        verdict = "admit" if decision.admitted else "refuse"
-        index = decision.order_index
+        word = "admit" if verdict.admitted else "refuse"
         audit_logger.info(
             "admission %s: run %r on dataset %r%s",
-            verdict,
+            word,
             self.run_name,
             dataset,
             " (dry run)" if self.dry_run else "",
             extra=log_fields(
                 event="admission",
-                decision=verdict,
+                decision=word,
                 dry_run=self.dry_run,
                 dataset=dataset,
                 run=self.run_name,
                 run_id=run_id,
                 actor=self.actor,
                 **self.inputs,
-                epsilon_projected=decision.epsilon_projected,
-                epsilon_remaining=decision.epsilon_remaining,
-                target_epsilon=decision.state.target_epsilon,
-                order=None if index is None else float(orders[index]),
+                epsilon_projected=verdict.epsilon_projected,
+                epsilon_remaining=verdict.epsilon_remaining,
+                target_epsilon=verdict.target_epsilon,
+                order=verdict.order,
             ),
         )
 
 
-def log_epoch_decision(*, dataset: Dataset, run: Run, decision: FilterDecision) -> None:
-    """Log the filter's decision on the next epoch of a pay-as-you-go run (``reservation=epoch``)."""
-    inputs = {**(run.spec or {}), "reservation": run.reservation, "epoch": run.epochs_charged}
-    log = AdmissionLog(run_name=run.name, inputs=inputs, actor=run.created_by, dry_run=False)
-    log.log_decision(dataset=dataset.name, orders=dataset.orders, decision=decision, run_id=run.id)
-
-
 def log_approx_decision(
-    *, dataset: Dataset, run_name: str, release: dict[str, Any], admitted: bool, actor: str
+    *,
+    dataset: str,
+    run_name: str,
+    release: dict[str, Any],
+    admitted: bool,
+    actor: str,
+    sub_budget: dict[str, float],
 ) -> None:
     """Log the decision on a black-box release against the approximate-DP sub-budget."""
     verdict = "admit" if admitted else "refuse"
@@ -216,19 +221,16 @@ def log_approx_decision(
         "admission %s: release %r on dataset %r (approximate-DP sub-budget)",
         verdict,
         run_name,
-        dataset.name,
+        dataset,
         extra=log_fields(
             event="admission",
             decision=verdict,
             dry_run=False,
-            dataset=dataset.name,
+            dataset=dataset,
             run=run_name,
             actor=actor,
             **release,
-            approx_epsilon_spent=dataset.approx_epsilon_spent,
-            approx_epsilon=dataset.approx_epsilon,
-            approx_delta_spent=dataset.approx_delta_spent,
-            approx_delta=dataset.approx_delta,
+            **sub_budget,
         ),
     )
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.ledger.transitions import EntryKind as LedgerEntryKind
+
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["mnist"])]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Epsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
@@ -60,12 +62,8 @@ class Reservation(StrEnum):
     epoch = "epoch"
 
 
-class EntryKind(StrEnum):
-    """Kinds of ledger entries."""
-
-    reservation = "reservation"
-    charge = "charge"
-    release = "release"
+# Kinds of ledger entries: the ledger core's own enum, part of the API as is.
+EntryKind = LedgerEntryKind
 
 
 # --- datasets -------------------------------------------------------------------------------
@@ -98,12 +96,13 @@ class DatasetCreate(Request):
 
 
 class ApproxDpBudget(BaseModel):
-    """The approximate-DP sub-budget of a dataset and what black-box releases spent of it."""
+    """The approximate-DP part of a dataset's budget and what black-box releases spent of it."""
 
-    epsilon: float
-    delta: float
+    epsilon: float = Field(description="Epsilon set aside at creation for black-box releases.")
+    delta: float = Field(description="Delta set aside at creation for black-box releases.")
     epsilon_spent: float
     delta_spent: float
+    epsilon_remaining: float = Field(description="epsilon - epsilon_spent (rounded down).")
 
 
 class DatasetRead(BaseModel):
@@ -116,6 +115,12 @@ class DatasetRead(BaseModel):
     orders: list[float]
     weights: list[float]
     approx_dp: ApproxDpBudget
+    epsilon_spent: float | None = Field(
+        description="The dataset's spent epsilon (as GET /v1/datasets/{name}/budget)."
+    )
+    epsilon_remaining: float = Field(
+        description="What new runs may still reserve (as GET /v1/datasets/{name}/budget)."
+    )
     created_at: datetime
 
 
@@ -291,6 +296,12 @@ class RunRead(BaseModel):
     reservation: Reservation
     status: RunStatus
     epochs_charged: int
+    epsilon_run: float | None = Field(
+        description=(
+            "This run's own epsilon at the dataset's target_delta, from its charges alone (what"
+            " Opacus would print for it; for approx_dp_release the declared epsilon)."
+        )
+    )
     created_at: datetime
 
 
@@ -319,12 +330,18 @@ class BatchCharge(Request):
 
 
 class EpochChargeRead(BaseModel):
-    """The charge of one epoch (a retry returns the same body)."""
+    """The charge of one epoch or batch (a retry returns the same body)."""
 
     run_id: int
     epoch: int
     ledger_entry_id: int
     created_at: datetime
+    epsilon_run: float | None = Field(
+        description="The run's own epsilon after this charge (as RunRead.epsilon_run)."
+    )
+    epsilon_spent: float | None = Field(
+        description="The dataset's spent epsilon after this charge (as the budget endpoint)."
+    )
 
 
 # --- ledger and budget ----------------------------------------------------------------------
@@ -359,6 +376,12 @@ class OrderHeadroom(BaseModel):
     rdp_committed: float | None
     rdp_reserved: float | None
     headroom: float | None
+    share_used: float | None = Field(
+        description=(
+            "S(a) / B(a): the share of this order's capacity in use (null when B(a) <= 0: the"
+            " order cannot hold any cost at this budget)."
+        )
+    )
     alive: bool
 
 
@@ -371,8 +394,8 @@ class RunBudget(BaseModel):
     status: RunStatus
     epochs: int
     epochs_charged: int
-    epsilon_committed: float | None = Field(
-        description="Epsilon of this run's charges alone, at target_delta."
+    epsilon_run: float | None = Field(
+        description="This run's own epsilon, from its charges alone (as RunRead.epsilon_run)."
     )
 
 
@@ -381,7 +404,7 @@ class KindSpend(BaseModel):
 
     kind: MechanismKind
     runs: int
-    epsilon_committed: float | None = Field(
+    epsilon_run: float | None = Field(
         description=(
             "Epsilon of this kind's charges alone: the plain RDP conversion at target_delta, or"
             " the sum of epsilons for approx_dp_release."
@@ -396,13 +419,20 @@ class BudgetRead(BaseModel):
     target_epsilon: float
     target_delta: float
     epsilon_spent: float | None = Field(
-        description="Filter epsilon of the committed charges, plus the approx-DP epsilon spent."
+        description=(
+            "The dataset's spent epsilon: the filter's guarantee for every charge so far, across"
+            " all runs, plus what black-box releases spent of the approximate-DP part."
+        )
     )
     epsilon_reserved: float | None = Field(
-        description="As epsilon_spent, with the open reservations."
+        description="What open reservations hold on top of epsilon_spent (not yet spent)."
     )
     epsilon_remaining: float = Field(
-        description="What RDP mechanisms may still reserve: the filter's budget minus its use, >= 0."
+        description=(
+            "What new runs may still reserve through the filter, >= 0. When no order has"
+            " died, epsilon_spent + epsilon_reserved + epsilon_remaining + approx_dp.epsilon_remaining"
+            " = target_epsilon."
+        )
     )
     epsilon_non_adaptive: float | None = Field(
         description=(
@@ -441,6 +471,28 @@ class EpsilonRead(BaseModel):
     order: float
     delta: float
     steps: int
+
+
+class MaxStepsRequest(Request):
+    """The most DP-SGD steps within a target (as ``dpledger max-steps``)."""
+
+    target_epsilon: Epsilon
+    delta: Delta
+    sample_rate: SampleRate
+    noise_multiplier: NoiseMultiplier
+    schedule: ScheduleName = "constant"
+    decay_rate: DecayRate = 0.0
+    limit: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
+        default=100_000_000, description="Search no further than this many steps."
+    )
+
+
+class MaxStepsRead(BaseModel):
+    """The most steps whose epsilon stays within the target, and that epsilon."""
+
+    steps: int
+    epsilon: float
+    delta: float
 
 
 class NoiseMultiplierRequest(Request):

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         default="json", description="json: one JSON object per line on stderr; text: for humans."
     )
 
+    max_noise_levels: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Most per-step noise levels one run's accounting may evaluate (a decaying schedule"
+            " has one per step); more is refused with 422. Constant noise always needs one."
+        ),
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:

@@ -44,6 +44,17 @@ def get_principal(
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
+
+def get_bearer_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """Return the raw bearer token, for services that authenticate inside their own transaction
+    (an epoch charge checks the token in the statement that locks the dataset)."""
+    return credentials.credentials if credentials else None
+
+
+BearerTokenDep = Annotated[str | None, Depends(get_bearer_token)]
+
 #: The dashboard's login cookie (HttpOnly, SameSite=Lax; set by ``POST /login``).
 SESSION_COOKIE = "dpledger_token"
 

@@ -1,55 +1,51 @@
 """The one bridge between the service and dp_core.
 
-Converts request schemas into :mod:`dp_core.mechanisms`, computes RDP vectors and epsilons, and
-translates dp_core's errors into the service's domain errors (:func:`translated_dp_errors`, the
-only place that catches them). Every RDP value the ledger stores is rounded *up* here.
+Converts request schemas into the ledger's plans (:mod:`app.ledger.plans`), computes their costs
+and epsilons, serves the stateless accountant endpoints, and translates dp_core's errors into
+the service's domain errors (:func:`translated_dp_errors`, the only place that catches them).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
 from pydantic import TypeAdapter
 
+import dp_core
 from app.errors import CalibrationFailedError, InvalidInputError, UnsupportedError
-from app.models import FloatArray
+from app.ledger.costs import UnitCosts
+from app.ledger.plans import ChargeSpec, PateSpec, ReleaseSpec, RunSpec, unit_costs
+from app.ledger.quanta import FloatArray, Vec
+from app.ledger.rounding import capacity_down
 from app.schemas import (
     AnyMechanism,
     DpSgdMechanism,
+    EpsilonRead,
+    EpsilonRequest,
     GaussianRelease,
     LaplaceRelease,
+    MaxStepsRead,
+    MaxStepsRequest,
     MechanismSpec,
+    NoiseMultiplierRead,
+    NoiseMultiplierRequest,
     PateMechanism,
 )
+from dp_core.calibration import max_steps_within_budget
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
+from dp_core.epochs import steps_per_epoch
 from dp_core.errors import (
     CalibrationError,
     DpCoreError,
     InvalidParameterError,
     UnsupportedMechanismError,
 )
-from dp_core.mechanisms import (
-    Composed,
-    Gaussian,
-    Laplace,
-    SampledGaussianSchedule,
-    mechanism_to_dict,
-)
-from dp_core.pate import (
-    PateMechanism as PateQueries,
-)
-from dp_core.pate import (
-    mechanism_for_gaussian_release,
-    mechanism_for_laplace_release,
-    pate_mechanism,
-)
-from dp_core.rdp.compose import compute_rdp
+from dp_core.mechanisms import mechanism_to_dict
+from dp_core.pate import mechanism_for_gaussian_release, mechanism_for_laplace_release
 from dp_core.schedules import NoiseSchedule
 
 # Default filter grid, uniform weights: measured with scripts/filter_grid.py (12 orders from 1.5
@@ -89,82 +85,13 @@ def translated_dp_errors() -> Iterator[None]:
         raise InvalidInputError(str(error)) from error
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """The accounting-relevant part of a run: DP-SGD with Poisson sampling and a noise schedule."""
-
-    sample_rate: float
-    steps_per_epoch: int
-    epochs: int
-    schedule: NoiseSchedule
-
-    def epochs_mechanism(self, first_epoch: int, stop_epoch: int) -> SampledGaussianSchedule:
-        """Return the mechanism of epochs [first_epoch, stop_epoch)."""
-        return SampledGaussianSchedule(
-            self.sample_rate,
-            self.schedule,
-            self.steps_per_epoch * (stop_epoch - first_epoch),
-            self.steps_per_epoch * first_epoch,
-        )
-
-    @property
-    def uniform_units(self) -> bool:
-        """Whether every epoch costs the same (a constant schedule)."""
-        return self.schedule.is_constant
-
-
-@dataclass(frozen=True)
-class PateSpec:
-    """PATE: ``queries`` noisy-max answers, charged in batches of ``batch_size`` (the last smaller)."""
-
-    aggregator: str
-    noise_multiplier: float
-    queries: int
-    batch_size: int
-
-    @property
-    def epochs(self) -> int:
-        """The number of batches (units of charge)."""
-        return -(-self.queries // self.batch_size)
-
-    @property
-    def uniform_units(self) -> bool:
-        """Whether every batch has the same number of queries."""
-        return self.queries % self.batch_size == 0
-
-    def epochs_mechanism(self, first_batch: int, stop_batch: int) -> PateQueries:
-        """Return the record of the queries of batches [first_batch, stop_batch)."""
-        stop = min(stop_batch * self.batch_size, self.queries)
-        return pate_mechanism(
-            self.aggregator,
-            noise_multiplier=self.noise_multiplier,
-            queries=max(0, stop - first_batch * self.batch_size),
-        )
-
-
-@dataclass(frozen=True)
-class ReleaseSpec:
-    """One noisy release of a statistic: a single unit of charge."""
-
-    mechanism: Gaussian | Laplace
-    epochs: int = 1
-    uniform_units: bool = True
-
-    def epochs_mechanism(self, first: int, stop: int) -> Gaussian | Laplace | Composed:
-        """Return the release for [0, 1), nothing for an empty range."""
-        return self.mechanism if first < stop else Composed(())
-
-
-ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec
-
-
 def make_pate_spec(
     *, aggregator: str, noise_multiplier: float, queries: int, batch_size: int | None
 ) -> PateSpec:
     """Validate a PATE job with dp_core."""
     spec = PateSpec(aggregator, noise_multiplier, queries, batch_size or queries)
     with translated_dp_errors():
-        spec.epochs_mechanism(0, spec.epochs)
+        spec.mechanism(0, spec.units)
     return spec
 
 
@@ -179,15 +106,13 @@ def make_release_spec(kind: str, *, sensitivity: float, noise: float) -> Release
 
 
 def default_steps_per_epoch(sample_rate: float) -> int:
-    """Return ceil(1 / sample_rate), the expected number of steps to see every record once."""
-    if sample_rate <= 0.0 or 1.0 / sample_rate > MAX_TOTAL_STEPS:
-        # Also keeps a subnormal rate from overflowing 1/q to infinity.
+    """Return the steps of one epoch at ``sample_rate`` (:func:`dp_core.epochs.steps_per_epoch`)."""
+    try:
+        return steps_per_epoch(sample_rate)
+    except InvalidParameterError as error:
         raise InvalidInputError(
-            f"sample_rate {sample_rate:g} is too small for the default steps_per_epoch"
-            f" (1/sample_rate > {MAX_TOTAL_STEPS}); give steps_per_epoch",
-            parameter="sample_rate",
-        )
-    return max(1, math.ceil(1.0 / sample_rate))
+            f"{error}; give steps_per_epoch", parameter="sample_rate"
+        ) from error
 
 
 def make_run_spec(
@@ -209,7 +134,7 @@ def make_run_spec(
     with translated_dp_errors():
         noise = NoiseSchedule(schedule, noise_multiplier, decay_rate)
         spec = RunSpec(sample_rate, steps, epochs, noise)
-        spec.epochs_mechanism(0, epochs)
+        spec.mechanism(0, epochs)
     return spec
 
 
@@ -218,60 +143,20 @@ def mechanism_json(mechanism: object) -> dict[str, Any]:
     return mechanism_to_dict(mechanism)
 
 
-def round_up(values: FloatArray) -> FloatArray:
-    """Return the next float above each value (+inf stays +inf): charges never round down."""
-    return np.nextafter(np.asarray(values, dtype=np.float64), np.inf)
-
-
-def add_up(total: FloatArray, values: FloatArray) -> FloatArray:
-    """Return total + values, rounded up."""
-    return round_up(np.asarray(total, dtype=np.float64) + values)
-
-
-def subtract_up(total: FloatArray, values: FloatArray) -> FloatArray:
-    """Return max(total - values, 0) rounded up; +inf stays +inf (its order is dead anyway)."""
-    with np.errstate(invalid="ignore"):
-        diff = np.where(np.isinf(total), np.inf, np.asarray(total) - values)
-    return round_up(np.maximum(diff, 0.0))
-
-
-def _mechanism_rdp(mechanism: object, orders: FloatArray) -> FloatArray:
+def plan_costs(spec: ChargeSpec, orders: Sequence[float], *, max_noise_levels: int) -> UnitCosts:
+    """Return the per-unit costs of a plan at a dataset's orders (rounded toward privacy)."""
     with translated_dp_errors():
-        return np.asarray(compute_rdp(mechanism, orders), dtype=np.float64)
-
-
-@functools.lru_cache(maxsize=4096)
-def _epoch_rdp_cached(spec: ChargeSpec, epoch: int, orders: tuple[float, ...]) -> FloatArray:
-    rdp = round_up(_mechanism_rdp(spec.epochs_mechanism(epoch, epoch + 1), np.array(orders)))
-    rdp.setflags(write=False)
-    return rdp
-
-
-def epoch_rdp(spec: ChargeSpec, epoch: int, orders: Sequence[float]) -> FloatArray:
-    """Return the RDP charge of one epoch (rounded up; cached, so a run's charges are stable)."""
-    # When every unit costs the same (e.g. a constant schedule), share one cache entry.
-    key_epoch = 0 if spec.uniform_units else epoch
-    return _epoch_rdp_cached(spec, key_epoch, tuple(float(a) for a in orders))
-
-
-def epochs_rdp(
-    spec: ChargeSpec, first_epoch: int, stop_epoch: int, orders: Sequence[float]
-) -> FloatArray:
-    """Return the sum, rounded up, of the epoch charges of epochs [first_epoch, stop_epoch)."""
-    total = np.zeros(len(orders))
-    for epoch in range(first_epoch, stop_epoch):
-        total = add_up(total, epoch_rdp(spec, epoch, orders))
-    return total
+        return unit_costs(spec, tuple(float(a) for a in orders), max_noise_levels=max_noise_levels)
 
 
 def filter_capacity(
     *, orders: Sequence[float], weights: Sequence[float], target_epsilon: float, target_delta: float
-) -> FloatArray:
-    """Return B(a) at delta_a = w_a * delta_G, rounded down (toward more privacy)."""
+) -> Vec:
+    """Return B(a) at delta_a = w_a * delta_G, rounded down (toward more privacy) into quanta."""
     deltas = np.asarray(weights, dtype=np.float64) * target_delta
     with translated_dp_errors():
         capacity = rdp_capacity(orders=list(orders), epsilon=target_epsilon, deltas=deltas)
-    return np.nextafter(np.asarray(capacity, dtype=np.float64), -np.inf)
+    return capacity_down(np.asarray(capacity, dtype=np.float64))
 
 
 def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) -> float | None:
@@ -340,7 +225,7 @@ _CHARGE_SPECS: dict[str, Callable[[MechanismRequest], ChargeSpec]] = {
 
 def stored_mechanism(mechanism: MechanismRequest, spec: ChargeSpec | None) -> dict[str, Any]:
     """Return the mechanism as stored with the run: the request with its defaults filled in."""
-    stored = mechanism.model_dump(mode="json")
+    stored = mechanism.model_dump(mode="json", exclude_none=False)
     if isinstance(spec, RunSpec):
         stored["steps_per_epoch"] = spec.steps_per_epoch
     elif isinstance(spec, PateSpec):
@@ -354,3 +239,61 @@ def parse_mechanism(stored: dict[str, Any]) -> MechanismRequest:
 
 
 _MECHANISM_ADAPTER: TypeAdapter[MechanismRequest] = TypeAdapter(MechanismSpec)
+
+
+# --- the stateless accountant (``/v1/accountant/*``, same answers as the CLI) ----------------
+
+
+def compute_epsilon(body: EpsilonRequest) -> EpsilonRead:
+    """Return the epsilon of ``steps`` DP-SGD steps (dp_core's facade)."""
+    with translated_dp_errors():
+        result = dp_core.compute_epsilon(
+            sample_rate=body.sample_rate,
+            noise_multiplier=body.noise_multiplier,
+            steps=body.steps,
+            delta=body.delta,
+            schedule=body.schedule,
+            decay_rate=body.decay_rate,
+        )
+    return EpsilonRead(
+        epsilon=result.epsilon,
+        epsilon_grid=result.epsilon_grid,
+        order=result.order,
+        delta=body.delta,
+        steps=body.steps,
+    )
+
+
+def calibrate_noise_multiplier(body: NoiseMultiplierRequest) -> NoiseMultiplierRead:
+    """Return the smallest noise multiplier meeting the target (never overshooting it)."""
+    with translated_dp_errors():
+        result = dp_core.calibrate_noise_multiplier(
+            target_epsilon=body.target_epsilon,
+            delta=body.delta,
+            sample_rate=body.sample_rate,
+            steps=body.steps,
+            schedule=body.schedule,
+            decay_rate=body.decay_rate,
+        )
+    return NoiseMultiplierRead(noise_multiplier=result.noise_multiplier, epsilon=result.epsilon)
+
+
+def max_steps(body: MaxStepsRequest) -> MaxStepsRead:
+    """Return the most steps whose epsilon stays within the target (422 when not even one fits)."""
+    with translated_dp_errors():
+        result = max_steps_within_budget(
+            target_epsilon=body.target_epsilon,
+            delta=body.delta,
+            sample_rate=body.sample_rate,
+            noise_multiplier=body.noise_multiplier,
+            schedule=body.schedule,
+            decay_rate=body.decay_rate,
+            limit=body.limit,
+        )
+    if result.steps == 0:
+        raise InvalidInputError(
+            f"not even one step fits target_epsilon {body.target_epsilon:g} at this noise"
+            f" (one step costs epsilon {result.epsilon:.6g}); raise the noise multiplier",
+            parameter="target_epsilon",
+        )
+    return MaxStepsRead(steps=result.steps, epsilon=result.epsilon, delta=body.delta)

@@ -1,166 +1,241 @@
-"""Admitting runs: reserve a run's whole planned RDP curve, or refuse it, atomically."""
+"""Admitting runs: reserve a run's whole plan, check its first unit, or refuse it, atomically.
+
+The costs are computed before the lock (they depend only on the request and the dataset's fixed
+grid); the decision (:func:`app.ledger.transitions.open_run`) and the writes then happen in one
+transaction holding the dataset lock.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
-from app.errors import BudgetExceededError, NotFoundError
-from app.models import Dataset, FloatArray, LedgerEntry, Run
-from app.observability import AdmissionLog, observe_admission
+from app.errors import BudgetExceededError, ConflictError
+from app.ledger import transitions
+from app.ledger.budget import Admission, BudgetState
+from app.ledger.costs import UnitCosts
+from app.ledger.plans import ChargeSpec, ReleaseSpec
+from app.ledger.transitions import HoldMode, RunState, Transition
+from app.models import Dataset, Run
+from app.observability import AdmissionLog, FilterVerdict, observe_admission
 from app.schemas import (
     AdmissionPreview,
     ApproxDpRelease,
-    EntryKind,
-    Reservation,
     RunCreate,
     RunRead,
     RunStatus,
 )
 from app.services.accounting import (
-    ChargeSpec,
-    ReleaseSpec,
-    add_up,
     charge_spec,
-    epoch_rdp,
-    epochs_rdp,
-    mechanism_json,
+    plan_costs,
     stored_mechanism,
 )
-from app.services.admission_filter import FilterDecision, decide
 from app.services.approx_release import admit_approx_release
-from app.services.datasets import filter_state, find_dataset, lock_dataset
-from app.services.runs import new_run
-from app.services.runs import run_spec as run_spec
-from app.services.runs import run_to_read as run_to_read
+from app.services.datasets import budget_state, find_dataset, lock_dataset, store_budget_state
+from app.services.fit import WhatFits, what_fits
+from app.services.ledger_writes import write_entries
+from app.services.runs import find_run, new_run, read_run, run_to_read
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """A run request resolved into its plan and costs (before any lock is taken)."""
+
+    body: RunCreate
+    spec: ChargeSpec
+    stored: dict[str, object]
+    costs: UnitCosts
+    mode: HoldMode
+
+
+def verdict(admission: Admission, orders: list[float]) -> FilterVerdict:
+    """Return the plain facts of a filter decision, for the log."""
+    index = admission.order_index
+    return FilterVerdict(
+        admitted=admission.admitted,
+        order=None if index is None else float(orders[index]),
+        epsilon_projected=admission.epsilon_projected,
+        epsilon_remaining=admission.epsilon_remaining,
+        target_epsilon=admission.state.target_epsilon,
+    )
 
 
 def budget_refusal(
-    dataset: Dataset, decision: FilterDecision, run_id: int | None
+    dataset_name: str,
+    target_epsilon: float,
+    admission: Admission,
+    run_id: int | None,
+    fits: WhatFits | None = None,
 ) -> BudgetExceededError:
-    """Return the 409 for a request the filter refused."""
+    """Return the 409 for a request the filter refused, saying what would fit."""
+    hint = "" if fits is None else fits.sentence()
     return BudgetExceededError(
-        f"run does not fit the budget of {dataset.name!r}: epsilon would reach"
-        f" {decision.epsilon_projected:.6g} > target {dataset.target_epsilon:g}"
-        f" ({decision.epsilon_remaining:.6g} remaining)",
-        epsilon_projected=decision.epsilon_projected,
-        epsilon_remaining=decision.epsilon_remaining,
+        f"run does not fit the budget of {dataset_name!r}: epsilon would reach"
+        f" {admission.epsilon_projected:.6g} > target {target_epsilon:g}"
+        f" ({admission.epsilon_remaining:.6g} remaining){hint}",
+        epsilon_projected=admission.epsilon_projected,
+        epsilon_remaining=admission.epsilon_remaining,
         run_id=run_id,
+        epochs_that_fit=None if fits is None else fits.epochs,
+        noise_multiplier_that_fits=None if fits is None else fits.noise_multiplier,
     )
 
 
-def _record_admission(
-    session: Session,
-    dataset: Dataset,
-    run: Run,
-    spec: ChargeSpec,
-    planned: FloatArray,
-    decision: FilterDecision,
-) -> None:
-    """Write what an admission means: a release is charged at once, a plan run reserves.
+def _scoped_key(principal: Principal, key: str | None) -> str | None:
+    return None if key is None else f"{principal.token_id}:{key}"
 
-    A pay-as-you-go run holds nothing until its first epoch is charged, so S stays as it is.
-    """
-    actor = run.created_by
-    if isinstance(spec, ReleaseSpec):
-        entry_kind, epoch = EntryKind.charge, 0
-        dataset.rdp_committed = add_up(dataset.rdp_committed, planned)
-        run.status, run.epochs_charged = RunStatus.finished.value, 1
-    elif run.reservation == Reservation.plan.value:
-        entry_kind, epoch = EntryKind.reservation, None
-        run.status = RunStatus.admitted.value
-    else:  # pay as you go: nothing is held until the first epoch is charged
-        run.status = RunStatus.admitted.value
-        return
-    dataset.rdp_reserved = decision.state.reserved
-    dataset.alive = [bool(flag) for flag in decision.state.alive]
-    session.add(
-        LedgerEntry(
-            dataset_id=dataset.id,
+
+def _replayed(session: Session, key: str) -> RunRead | None:
+    """Return the run an earlier request with this idempotency key created (re-raising its 409)."""
+    with read_transaction(session):
+        run = session.scalar(select(Run).where(Run.idempotency_key == key))
+        if run is None:
+            return None
+        dataset = session.get_one(Dataset, run.dataset_id)
+        result = read_run(session, run, dataset)
+    if run.status == RunStatus.refused.value:
+        raise BudgetExceededError(
+            f"run {run.id} (same Idempotency-Key) was refused: it did not fit the budget of"
+            f" {dataset.name!r}",
             run_id=run.id,
-            kind=entry_kind.value,
-            epoch=epoch,
-            rdp=planned,
-            mechanism=mechanism_json(spec.epochs_mechanism(0, spec.epochs)),
-            actor=actor,
         )
-    )
+    return result
 
 
 @observe_admission
 def admit_run(
-    session: Session, body: RunCreate, principal: Principal, *, dry_run: bool
+    session: Session,
+    body: RunCreate,
+    principal: Principal,
+    *,
+    dry_run: bool,
+    max_noise_levels: int = 100_000,
+    idempotency_key: str | None = None,
 ) -> RunRead | AdmissionPreview:
-    """Admit ``body`` by reserving its planned RDP, or raise BudgetExceededError.
+    """Admit ``body`` (reserve, check or charge at once), or raise BudgetExceededError.
 
-    The RDP is computed before the lock (it depends only on the request and the dataset's fixed
-    grid); the check and the writes then happen in one transaction holding the dataset lock. A
-    real refusal records the run as ``refused`` (no ledger entry, filter state unchanged); a dry
-    run writes nothing. A run with ``reservation=epoch`` reserves nothing: it is admitted when its
-    first epoch would pass the filter now, and each epoch passes the filter when charged. A
-    Laplace or Gaussian release is admitted and charged at once; an approximate-DP release goes
-    to its sub-budget (:mod:`app.services.approx_release`).
+    A real refusal records the run as ``refused`` (no ledger entry, budget unchanged); a dry run
+    writes nothing. With an ``idempotency_key``, a repeated request returns the run the first one
+    created (or its refusal) and never registers a second run.
     """
     principal.require_dataset_write(body.dataset)
+    key = _scoped_key(principal, idempotency_key)
+    if key is not None and not dry_run:
+        earlier = _replayed(session, key)
+        if earlier is not None:
+            return earlier
     mechanism = body.resolved_mechanism()
     if isinstance(mechanism, ApproxDpRelease):
-        return admit_approx_release(session, body, mechanism, principal, dry_run=dry_run)
-    spec = charge_spec(mechanism)
-    stored = stored_mechanism(mechanism, spec)
-    log = AdmissionLog.for_request(body, stored, principal.actor, dry_run=dry_run)
-    with read_transaction(session):
-        dataset = find_dataset(session, body.dataset)
-        dataset_id, orders = dataset.id, list(dataset.orders)
-    per_epoch = body.reservation is Reservation.epoch and not isinstance(spec, ReleaseSpec)
-    planned = epoch_rdp(spec, 0, orders) if per_epoch else epochs_rdp(spec, 0, spec.epochs, orders)
+        return admit_approx_release(
+            session, body, mechanism, principal, dry_run=dry_run, idempotency_key=key
+        )
+    request = _resolve(session, body, mechanism, max_noise_levels)
+    log = AdmissionLog.for_request(
+        run_name=body.name,
+        mechanism=dict(request.stored),
+        reservation=body.reservation.value,
+        actor=principal.actor,
+        dry_run=dry_run,
+    )
     if dry_run:
-        return _preview(session, dataset_id, planned, log)
+        return _preview(session, request, log)
+    try:
+        return _admit(session, request, principal, log, key)
+    except IntegrityError as error:  # a concurrent request with the same key won the race
+        if key is None:
+            raise
+        earlier = _replayed(session, key)
+        if earlier is None:
+            raise ConflictError("a concurrent request with this Idempotency-Key failed") from error
+        return earlier
+
+
+def _resolve(
+    session: Session, body: RunCreate, mechanism: object, max_noise_levels: int
+) -> AdmissionRequest:
+    spec = charge_spec(mechanism)  # type: ignore[arg-type]
+    stored = stored_mechanism(mechanism, spec)  # type: ignore[arg-type]
+    with read_transaction(session):
+        orders = list(find_dataset(session, body.dataset).orders)
+    costs = plan_costs(spec, orders, max_noise_levels=max_noise_levels)
+    mode = HoldMode.once if isinstance(spec, ReleaseSpec) else HoldMode(body.reservation.value)
+    return AdmissionRequest(body, spec, stored, costs, mode)
+
+
+def _admit(
+    session: Session,
+    request: AdmissionRequest,
+    principal: Principal,
+    log: AdmissionLog,
+    key: str | None,
+) -> RunRead:
+    body = request.body
     with write_transaction(session):
-        dataset = lock_dataset(session, dataset_id)
-        decision = decide(filter_state(dataset), planned)
-        run = new_run(body, stored, spec.epochs, dataset, principal.actor)
+        dataset = find_dataset(session, body.dataset)
+        dataset = lock_dataset(session, dataset.id)
+        before = budget_state(dataset)
+        step = transitions.open_run(before, RunState(costs=request.costs, mode=request.mode))
+        run = new_run(
+            body,
+            dict(request.stored),
+            units=request.costs.units,
+            costs=request.costs,
+            dataset=dataset,
+            actor=principal.actor,
+            idempotency_key=key,
+        )
         session.add(run)
         session.flush()
-        if decision.admitted:
-            _record_admission(session, dataset, run, spec, planned, decision)
+        if not step.refused:
+            _apply(session, dataset, run, request, step, principal.actor)
         session.flush()
-        result = run_to_read(run, dataset.name)
-    log.log_decision(dataset=dataset.name, orders=orders, decision=decision, run_id=result.id)
-    if not decision.admitted:
-        raise budget_refusal(dataset, decision, result.id)
+        result = run_to_read(run, dataset, step.run.charged)
+    assert step.admission is not None
+    log.log_decision(
+        dataset=dataset.name, verdict=verdict(step.admission, dataset.orders), run_id=result.id
+    )
+    if step.refused:
+        fits = what_fits(before, request.spec, request.costs, request.mode, list(dataset.orders))
+        raise budget_refusal(dataset.name, dataset.target_epsilon, step.admission, result.id, fits)
     return result
 
 
-def _preview(
-    session: Session, dataset_id: int, planned: np.ndarray, log: AdmissionLog
-) -> AdmissionPreview:
+def _apply(
+    session: Session,
+    dataset: Dataset,
+    run: Run,
+    request: AdmissionRequest,
+    step: Transition,
+    actor: str,
+) -> None:
+    store_budget_state(dataset, step.budget)
+    run.status = (RunStatus.finished if step.run.finished else RunStatus.admitted).value
+    write_entries(session, dataset, run, request.spec, step.entries, actor)
+
+
+def _preview(session: Session, request: AdmissionRequest, log: AdmissionLog) -> AdmissionPreview:
     with read_transaction(session):
-        dataset = session.get_one(Dataset, dataset_id)
-        decision = decide(filter_state(dataset), planned)
-        log.log_decision(
-            dataset=dataset.name, orders=dataset.orders, decision=decision, run_id=None
-        )
-        if not decision.admitted or decision.order_index is None:
-            raise budget_refusal(dataset, decision, None)
-        return AdmissionPreview(
-            dataset=dataset.name,
-            epsilon_projected=decision.epsilon_projected,
-            epsilon_remaining=decision.epsilon_remaining,
-            order=float(dataset.orders[decision.order_index]),
-        )
-
-
-def find_run(session: Session, run_id: int) -> tuple[Run, Dataset]:
-    """Return the run and its dataset or raise NotFoundError."""
-    row = session.execute(
-        select(Run, Dataset).join(Dataset, Run.dataset_id == Dataset.id).where(Run.id == run_id)
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no run {run_id}")
-    return row[0], row[1]
+        dataset = find_dataset(session, request.body.dataset)
+        state: BudgetState = budget_state(dataset)
+    step = transitions.open_run(state, RunState(costs=request.costs, mode=request.mode))
+    assert step.admission is not None
+    log.log_decision(
+        dataset=dataset.name, verdict=verdict(step.admission, dataset.orders), run_id=None
+    )
+    if step.refused or step.admission.order_index is None:
+        fits = what_fits(state, request.spec, request.costs, request.mode, list(dataset.orders))
+        raise budget_refusal(dataset.name, dataset.target_epsilon, step.admission, None, fits)
+    return AdmissionPreview(
+        dataset=dataset.name,
+        epsilon_projected=step.admission.epsilon_projected,
+        epsilon_remaining=step.admission.epsilon_remaining,
+        order=float(dataset.orders[step.admission.order_index]),
+    )
 
 
 def get_run(session: Session, run_id: int, principal: Principal) -> RunRead:
@@ -168,4 +243,4 @@ def get_run(session: Session, run_id: int, principal: Principal) -> RunRead:
     with read_transaction(session):
         run, dataset = find_run(session, run_id)
         principal.require_dataset_read(dataset.name)
-        return run_to_read(run, dataset.name)
+        return read_run(session, run, dataset)

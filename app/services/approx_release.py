@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import BudgetExceededError
+from app.ledger import quanta
+from app.ledger.costs import UnitCosts
 from app.models import Dataset, LedgerEntry, Run
 from app.observability import log_approx_decision
 from app.schemas import (
@@ -39,9 +40,11 @@ from app.services.runs import new_run, run_to_read
 APPROX_DP_MECHANISM_VERSION = 1
 
 
-def _up(value: float) -> float:
-    """Round a sum up, so the spent totals never understate what was released."""
-    return float(np.nextafter(value, math.inf))
+def _up(value: Fraction) -> float:
+    """Return the smallest float not below an exact sum: the reported totals never understate
+    what was released, and never pass a sub-budget the exact sum stays within."""
+    nearest = float(value)
+    return nearest if Fraction(nearest) >= value else math.nextafter(nearest, math.inf)
 
 
 def _spent_exactly(session: Session, dataset: Dataset) -> tuple[Fraction, Fraction]:
@@ -66,11 +69,15 @@ def _spent_exactly(session: Session, dataset: Dataset) -> tuple[Fraction, Fracti
     return epsilon, delta
 
 
-def _fits(session: Session, dataset: Dataset, release: ApproxDpRelease) -> bool:
+def _after(
+    session: Session, dataset: Dataset, release: ApproxDpRelease
+) -> tuple[Fraction, Fraction] | None:
+    """Return the exact spent sums with ``release`` added, or None when they would not fit."""
     epsilon, delta = _spent_exactly(session, dataset)
-    return epsilon + Fraction(release.epsilon) <= Fraction(dataset.approx_epsilon) and (
-        delta + Fraction(release.delta) <= Fraction(dataset.approx_delta)
-    )
+    epsilon, delta = epsilon + Fraction(release.epsilon), delta + Fraction(release.delta)
+    if epsilon <= Fraction(dataset.approx_epsilon) and delta <= Fraction(dataset.approx_delta):
+        return epsilon, delta
+    return None
 
 
 def _refusal(dataset: Dataset, release: ApproxDpRelease, run_id: int | None) -> BudgetExceededError:
@@ -90,7 +97,7 @@ def _refusal(dataset: Dataset, release: ApproxDpRelease, run_id: int | None) -> 
 def _preview(session: Session, name: str, release: ApproxDpRelease) -> AdmissionPreview:
     with read_transaction(session):
         dataset = find_dataset(session, name)
-        if not _fits(session, dataset, release):
+        if _after(session, dataset, release) is None:
             raise _refusal(dataset, release, None)
         return AdmissionPreview(
             dataset=dataset.name,
@@ -107,6 +114,7 @@ def admit_approx_release(
     principal: Principal,
     *,
     dry_run: bool,
+    idempotency_key: str | None = None,
 ) -> RunRead | AdmissionPreview:
     """Admit and charge a black-box release at once, or refuse it (409, nothing charged)."""
     if dry_run:
@@ -116,21 +124,30 @@ def admit_approx_release(
         dataset_id = find_dataset(session, body.dataset).id
     with write_transaction(session):
         dataset = lock_dataset(session, dataset_id)
-        admitted = _fits(session, dataset, release)
-        run = new_run(body, stored, 1, dataset, principal.actor)
+        sums = _after(session, dataset, release)
+        admitted = sums is not None
+        zero = quanta.zeros(len(dataset.orders))
+        run = new_run(
+            body,
+            stored,
+            units=1,
+            costs=UnitCosts.uniform(zero, 1),
+            dataset=dataset,
+            actor=principal.actor,
+            idempotency_key=idempotency_key,
+        )
         session.add(run)
         session.flush()
-        if admitted:
-            dataset.approx_epsilon_spent = _up(dataset.approx_epsilon_spent + release.epsilon)
-            dataset.approx_delta_spent = _up(dataset.approx_delta_spent + release.delta)
-            run.status, run.epochs_charged = RunStatus.finished.value, 1
+        if sums is not None:
+            dataset.approx_epsilon_spent, dataset.approx_delta_spent = _up(sums[0]), _up(sums[1])
+            run.status = RunStatus.finished.value
             session.add(
                 LedgerEntry(
                     dataset_id=dataset.id,
                     run_id=run.id,
                     kind=EntryKind.charge.value,
                     epoch=0,
-                    rdp=np.zeros(len(dataset.orders)),
+                    rdp=zero,
                     mechanism={
                         "version": APPROX_DP_MECHANISM_VERSION,
                         "mechanism": {"type": "ApproxDp", **stored},
@@ -139,13 +156,19 @@ def admit_approx_release(
                 )
             )
         session.flush()
-        result = run_to_read(run, dataset.name)
+        result = run_to_read(run, dataset, 1 if admitted else 0)
     log_approx_decision(
-        dataset=dataset,
+        dataset=dataset.name,
         run_name=body.name,
         release=stored,
         admitted=admitted,
         actor=principal.actor,
+        sub_budget={
+            "approx_epsilon_spent": dataset.approx_epsilon_spent,
+            "approx_epsilon": dataset.approx_epsilon,
+            "approx_delta_spent": dataset.approx_delta_spent,
+            "approx_delta": dataset.approx_delta,
+        },
     )
     if not admitted:
         raise _refusal(dataset, release, result.id)

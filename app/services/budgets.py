@@ -1,21 +1,24 @@
-"""Reading a dataset's budget (through the filter) and its ledger."""
+"""Reading budgets: one dataset's (the budget endpoint), every dataset's (metrics, CLI), ledgers.
+
+Every number is read through :mod:`app.ledger.budget` on the stored state (the headline numbers
+through :func:`app.services.datasets.headline`), so every replica and every view reports the same.
+"""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from app.auth import Principal
 from app.db import read_transaction
-from app.models import Dataset, FloatArray, LedgerEntry, Run
+from app.ledger import budget, quanta
+from app.ledger.transitions import EntryKind
+from app.models import Dataset, LedgerEntry, Run
 from app.schemas import (
     BudgetRead,
-    EntryKind,
     KindSpend,
     LedgerEntryList,
     LedgerEntryRead,
@@ -24,48 +27,42 @@ from app.schemas import (
     RunBudget,
     RunStatus,
 )
-from app.services.accounting import add_up, epsilon_of_rdp
-from app.services.admission_filter import epsilon_remaining, filter_epsilon
-from app.services.datasets import approx_dp_budget, filter_state, find_dataset
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _committed_by_run(session: Session, dataset: Dataset) -> dict[int, FloatArray]:
-    totals: dict[int, FloatArray] = defaultdict(lambda: np.zeros(len(dataset.orders)))
-    charges = session.execute(
-        select(LedgerEntry.run_id, LedgerEntry.rdp)
-        .where(LedgerEntry.dataset_id == dataset.id, LedgerEntry.kind == EntryKind.charge.value)
-        .order_by(LedgerEntry.id)
-    )
-    for run_id, rdp in charges:
-        totals[run_id] = add_up(totals[run_id], rdp)
-    return totals
+from app.services.accounting import epsilon_of_rdp
+from app.services.datasets import (
+    approx_dp_budget,
+    budget_state,
+    find_dataset,
+    finite,
+    headline,
+)
+from app.services.runs import api_status, charged_units, run_costs, run_epsilon
 
 
 def _order_rows(dataset: Dataset) -> list[OrderHeadroom]:
-    headroom = dataset.capacity - dataset.rdp_reserved
+    state = budget_state(dataset)
+    shares = budget.headroom_used(state)
+    capacity = quanta.to_floats_down(dataset.capacity)
+    reserved = quanta.to_floats_up(dataset.rdp_reserved)
+    committed = quanta.to_floats_up(dataset.rdp_committed)
     return [
         OrderHeadroom(
             order=float(order),
             weight=float(weight),
-            capacity=float(dataset.capacity[i]),
-            rdp_committed=_finite(float(dataset.rdp_committed[i])),
-            rdp_reserved=_finite(float(dataset.rdp_reserved[i])),
-            headroom=_finite(float(headroom[i])),
+            capacity=float(capacity[i]),
+            rdp_committed=finite(float(committed[i])),
+            rdp_reserved=finite(float(reserved[i])),
+            headroom=finite(float(capacity[i] - reserved[i])),
+            share_used=None if shares[i] is None else finite(float(shares[i])),  # type: ignore[arg-type]
             alive=bool(dataset.alive[i]),
         )
         for i, (order, weight) in enumerate(zip(dataset.orders, dataset.weights, strict=True))
     ]
 
 
-def _spend_by_kind(
-    dataset: Dataset, runs: list[Run], committed: dict[int, FloatArray]
-) -> list[KindSpend]:
-    """Per mechanism kind: its runs and the epsilon of its committed charges alone."""
+def _spend_by_kind(dataset: Dataset, runs: list[Run], charged: dict[int, int]) -> list[KindSpend]:
+    """Per mechanism kind: its runs and the epsilon of its charges alone."""
     rows = []
+    orders = list(dataset.orders)
     for kind in MechanismKind:
         of_kind = [run for run in runs if run.kind == kind.value]
         if not of_kind:
@@ -73,35 +70,19 @@ def _spend_by_kind(
         if kind is MechanismKind.approx_dp_release:
             epsilon: float | None = dataset.approx_epsilon_spent
         else:
-            total = np.zeros(len(dataset.orders))
+            total = quanta.zeros(len(orders))
             for run in of_kind:
-                if run.id in committed:
-                    total = add_up(total, committed[run.id])
-            epsilon = epsilon_of_rdp(orders=dataset.orders, rdp=total, delta=dataset.target_delta)
-        rows.append(KindSpend(kind=kind, runs=len(of_kind), epsilon_committed=epsilon))
+                if charged.get(run.id):
+                    total = quanta.add(total, run_costs(run, orders).total(0, charged[run.id]))
+            epsilon = (
+                0.0
+                if quanta.is_zero(total)
+                else epsilon_of_rdp(
+                    orders=orders, rdp=quanta.to_floats_up(total), delta=dataset.target_delta
+                )
+            )
+        rows.append(KindSpend(kind=kind, runs=len(of_kind), epsilon_run=epsilon))
     return rows
-
-
-@dataclass(frozen=True)
-class Headline:
-    """A dataset's headline epsilons: the filter's, plus what black-box releases spent."""
-
-    spent: float
-    reserved: float
-    remaining: float
-
-
-def headline(dataset: Dataset) -> Headline:
-    """Return spent/reserved (inf when no order is left) and remaining for RDP mechanisms.
-
-    The one definition behind the budget endpoint, the dashboard, /metrics and the CLI.
-    """
-    state = filter_state(dataset)
-    return Headline(
-        spent=filter_epsilon(state, dataset.rdp_committed) + dataset.approx_epsilon_spent,
-        reserved=filter_epsilon(state, dataset.rdp_reserved) + dataset.approx_epsilon_spent,
-        remaining=epsilon_remaining(state),
-    )
 
 
 def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
@@ -110,42 +91,98 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
     with read_transaction(session):
         dataset = find_dataset(session, name)
         numbers = headline(dataset)
-        runs_list = list(
+        runs = list(
             session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
         )
-        committed = _committed_by_run(session, dataset)
-        zero = np.zeros(len(dataset.orders))
+        charged = charged_units(session, [run.id for run in runs])
         run_rows = [
             RunBudget(
                 id=run.id,
                 name=run.name,
                 kind=MechanismKind(run.kind),
-                status=RunStatus(run.status),
+                status=api_status(run, charged.get(run.id, 0)),
                 epochs=run.epochs,
-                epochs_charged=run.epochs_charged,
-                epsilon_committed=epsilon_of_rdp(
-                    orders=dataset.orders,
-                    rdp=committed.get(run.id, zero),
-                    delta=dataset.target_delta,
-                ),
+                epochs_charged=charged.get(run.id, 0),
+                epsilon_run=run_epsilon(run, dataset, charged.get(run.id, 0)),
             )
-            for run in runs_list
+            for run in runs
         ]
+        committed = quanta.to_floats_up(dataset.rdp_committed)
         return BudgetRead(
             dataset=dataset.name,
             target_epsilon=dataset.target_epsilon,
             target_delta=dataset.target_delta,
-            epsilon_spent=_finite(numbers.spent),
-            epsilon_reserved=_finite(numbers.reserved),
+            epsilon_spent=finite(numbers.spent),
+            epsilon_reserved=finite(numbers.reserved),
             epsilon_remaining=numbers.remaining,
-            epsilon_non_adaptive=epsilon_of_rdp(
-                orders=dataset.orders, rdp=dataset.rdp_committed, delta=dataset.target_delta
+            epsilon_non_adaptive=(
+                0.0
+                if quanta.is_zero(dataset.rdp_committed)
+                else epsilon_of_rdp(
+                    orders=dataset.orders, rdp=committed, delta=dataset.target_delta
+                )
             ),
             runs=run_rows,
-            by_kind=_spend_by_kind(dataset, runs_list, committed),
+            by_kind=_spend_by_kind(dataset, runs, charged),
             approx_dp=approx_dp_budget(dataset),
             orders=_order_rows(dataset),
         )
+
+
+# --- every dataset, for /metrics and `dpledger dataset list` ------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetSummary:
+    """One dataset's budget: targets, headline epsilons (inf when unbounded), runs by status."""
+
+    dataset: str
+    target_epsilon: float
+    target_delta: float
+    epsilon_spent: float
+    epsilon_reserved: float
+    epsilon_remaining: float
+    runs: dict[str, int] = field(default_factory=dict)
+
+
+def _runs_by_status(session: Session) -> dict[int, dict[str, int]]:
+    """Count runs per dataset and API status (an admitted run with a charge is running)."""
+    charges = aliased(LedgerEntry)
+    has_charge = exists().where(charges.run_id == Run.id, charges.kind == EntryKind.charge.value)
+    rows = session.execute(
+        select(Run.dataset_id, Run.status, has_charge.label("charged"), func.count()).group_by(
+            Run.dataset_id, Run.status, "charged"
+        )
+    )
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for dataset_id, status, charged, count in rows:
+        running = status == RunStatus.admitted.value and bool(charged)
+        counts[dataset_id][RunStatus.running.value if running else status] += int(count)
+    return counts
+
+
+def summarize_budgets(session: Session) -> list[BudgetSummary]:
+    """Return the budget of every dataset, by name."""
+    with read_transaction(session):
+        runs = _runs_by_status(session)
+        summaries = []
+        for dataset in session.scalars(select(Dataset).order_by(Dataset.name)):
+            numbers = headline(dataset)
+            summaries.append(
+                BudgetSummary(
+                    dataset=dataset.name,
+                    target_epsilon=dataset.target_epsilon,
+                    target_delta=dataset.target_delta,
+                    epsilon_spent=numbers.spent,
+                    epsilon_reserved=numbers.reserved,
+                    epsilon_remaining=numbers.remaining,
+                    runs=dict(runs.get(dataset.id, {})),
+                )
+            )
+        return summaries
+
+
+# --- the ledger ---------------------------------------------------------------------------------
 
 
 def _entry_to_read(entry: LedgerEntry) -> LedgerEntryRead:
@@ -154,7 +191,7 @@ def _entry_to_read(entry: LedgerEntry) -> LedgerEntryRead:
         run_id=entry.run_id,
         kind=EntryKind(entry.kind),
         epoch=entry.epoch,
-        rdp=[_finite(float(v)) for v in entry.rdp],
+        rdp=[finite(float(v)) for v in quanta.to_floats_up(entry.rdp)],
         mechanism=entry.mechanism,
         created_at=entry.created_at,
         actor=entry.actor,

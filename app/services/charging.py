@@ -1,146 +1,216 @@
-"""Charging epochs and finishing runs: moving a run's reservation into the committed ledger."""
+"""Charging units (epochs, PATE batches) and finishing runs.
+
+A charge is one short transaction: one statement authenticates the caller, locks the dataset
+row, reads the run with its per-unit costs (fixed at admission) and its last charged unit; then
+one INSERT writes the ledger entry, one UPDATE the dataset's budget state, and the commit. No
+accounting math happens under the lock: :func:`app.ledger.transitions.charge` only adds integers.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from dataclasses import dataclass
 
-from app.auth import Principal
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.selectable import ScalarSelect
+
+from app.auth import Principal, hash_token
 from app.db import read_transaction, write_transaction
-from app.errors import EpochBeyondPlanError, EpochOutOfOrderError, RunNotActiveError
-from app.models import Dataset, FloatArray, LedgerEntry, Run
-from app.observability import log_charge, log_epoch_decision
-from app.schemas import EntryKind, EpochChargeRead, Reservation, RunRead, RunStatus
-from app.services.accounting import add_up, epoch_rdp, epochs_rdp, mechanism_json, subtract_up
-from app.services.admission import budget_refusal, find_run, run_spec, run_to_read
-from app.services.admission_filter import decide
-from app.services.datasets import filter_state, lock_dataset
+from app.errors import NotFoundError
+from app.ledger import budget, quanta, transitions
+from app.ledger.budget import BudgetState
+from app.ledger.costs import UnitCosts
+from app.ledger.transitions import EntryKind
+from app.models import ApiToken, Dataset, LedgerEntry, Run
+from app.observability import AdmissionLog, log_charge
+from app.schemas import EpochChargeRead, Role, RunRead, RunStatus
+from app.services.accounting import epsilon_of_rdp
+from app.services.admission import budget_refusal, verdict
+from app.services.datasets import budget_state, lock_dataset, store_budget_state
+from app.services.ledger_writes import entry_mechanism, write_entries
+from app.services.runs import (
+    charged_units,
+    find_run,
+    run_costs,
+    run_spec,
+    run_state,
+    run_to_read,
+)
+from app.services.tokens import authenticate
 
-_ACTIVE = (RunStatus.admitted.value, RunStatus.running.value)
+
+@dataclass(frozen=True)
+class _Locked:
+    run: Run
+    dataset: Dataset
+    principal: Principal
+    charged: int
 
 
-def _charge_to_read(entry: LedgerEntry) -> EpochChargeRead:
-    assert entry.epoch is not None
+def _last_charge() -> ScalarSelect[int | None]:
+    charges = aliased(LedgerEntry)
+    return (
+        select(func.max(charges.epoch))
+        .where(charges.run_id == Run.id, charges.kind == EntryKind.charge.value)
+        .scalar_subquery()
+    )
+
+
+def _principal(token: ApiToken) -> Principal:
+    return Principal(
+        token_id=token.id,
+        name=token.name,
+        role=Role(token.role),
+        datasets=frozenset(token.datasets),
+    )
+
+
+def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | None) -> _Locked:
+    """Authenticate, lock the dataset and read the run: one statement (FOR UPDATE OF datasets).
+
+    ``caller`` is the bearer token of an HTTP request (checked in the same statement), or an
+    already authenticated principal (local callers).
+    """
+    if caller is None or caller == "":
+        authenticate(session, None)  # raises 401
+    columns = select(Run, Dataset, _last_charge()).join(Dataset, Run.dataset_id == Dataset.id)
+    if isinstance(caller, str):
+        columns = columns.add_columns(ApiToken).join(
+            ApiToken, ApiToken.token_hash == hash_token(caller)
+        )
+    row = session.execute(
+        columns.where(Run.id == run_id)
+        .with_for_update(of=Dataset)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        if isinstance(caller, str):
+            authenticate(session, caller)  # 401 for an unknown token, else the run is missing
+        raise NotFoundError(f"no run {run_id}")
+    run, dataset, last = row[0], row[1], row[2]
+    principal = _principal(row[3]) if isinstance(caller, str) else caller
+    assert isinstance(principal, Principal)
+    principal.require_dataset_write(dataset.name)
+    return _Locked(run, dataset, principal, 0 if last is None else int(last) + 1)
+
+
+def _epsilon_run(dataset: Dataset, costs: UnitCosts, charged: int) -> float | None:
+    rdp = quanta.to_floats_up(costs.total(0, charged))
+    return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
+
+
+def _spent(state: BudgetState, dataset: Dataset) -> float | None:
+    value = budget.epsilon_spent(state) + dataset.approx_epsilon_spent
+    return None if value == float("inf") else value
+
+
+def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) -> EpochChargeRead:
+    entry = session.scalar(
+        select(LedgerEntry).where(
+            LedgerEntry.run_id == locked.run.id,
+            LedgerEntry.kind == EntryKind.charge.value,
+            LedgerEntry.epoch == unit,
+        )
+    )
+    if entry is None:  # a release charged at once has only unit 0
+        raise NotFoundError(f"run {locked.run.id} has no charge for unit {unit}")
     return EpochChargeRead(
-        run_id=entry.run_id,
-        epoch=entry.epoch,
+        run_id=locked.run.id,
+        epoch=unit,
         ledger_entry_id=entry.id,
         created_at=entry.created_at,
+        epsilon_run=_epsilon_run(locked.dataset, costs, unit + 1),
+        epsilon_spent=_spent(budget_state(locked.dataset), locked.dataset),
     )
 
 
-def _existing_charge(session: Session, run_id: int, epoch: int) -> LedgerEntry | None:
-    return session.scalar(
-        select(LedgerEntry).where(
-            LedgerEntry.run_id == run_id,
-            LedgerEntry.kind == EntryKind.charge.value,
-            LedgerEntry.epoch == epoch,
-        )
-    )
-
-
-def _check_chargeable(run: Run, epoch: int) -> None:
-    if run.status not in _ACTIVE:
-        raise RunNotActiveError(f"run {run.id} is {run.status}; it cannot be charged")
-    if epoch >= run.epochs:
-        raise EpochBeyondPlanError(
-            f"epoch {epoch} is beyond the plan of run {run.id} ({run.epochs} epochs: 0..{run.epochs - 1})"
-        )
-    if epoch != run.epochs_charged:
-        raise EpochOutOfOrderError(
-            f"run {run.id} must charge epoch {run.epochs_charged} next, not {epoch}"
-        )
-
-
-def _admit_epoch(dataset: Dataset, run: Run, rdp: FloatArray) -> None:
-    """Pass one epoch of a pay-as-you-go run through the filter (raise 409 when it does not fit).
-
-    The epoch is a new adaptively chosen request, so the filter's guarantee covers it exactly as
-    it covers a whole run; a refusal writes nothing.
-    """
-    decision = decide(filter_state(dataset), rdp)
-    log_epoch_decision(dataset=dataset, run=run, decision=decision)
-    if not decision.admitted:
-        raise budget_refusal(dataset, decision, run.id)
-    dataset.rdp_reserved = decision.state.reserved
-    dataset.alive = [bool(flag) for flag in decision.state.alive]
-
-
-def charge_epoch(
-    session: Session, run_id: int, epoch: int, principal: Principal
+def charge_unit(
+    session: Session, run_id: int, unit: int, caller: str | Principal | None
 ) -> EpochChargeRead:
-    """Charge epoch ``epoch`` before the trainer starts it: from its reservation (``plan`` runs) or
-    through the filter (``epoch`` runs, 409 budget_exceeded when it does not fit).
+    """Charge unit ``unit`` (an epoch, a PATE batch) before the caller starts it.
 
-    Idempotent per (run, epoch): a retry finds the existing charge, returns it and writes nothing.
+    From the run's reservation (``plan`` runs) or through the filter (``epoch`` runs: 409
+    budget_exceeded when it does not fit). Idempotent per (run, unit): a retry finds the
+    existing charge, returns it and writes nothing.
     """
-    with read_transaction(session):
-        run, dataset = find_run(session, run_id)
-        principal.require_dataset_write(dataset.name)
-        spec, orders, dataset_id = run_spec(run), list(dataset.orders), dataset.id
     with write_transaction(session):
-        dataset = lock_dataset(session, dataset_id)
-        run = session.get_one(Run, run_id, populate_existing=True)
-        existing = _existing_charge(session, run_id, epoch)
-        if existing is not None:
-            return _charge_to_read(existing)
-        _check_chargeable(run, epoch)
-        rdp = epoch_rdp(spec, epoch, orders)
-        if run.reservation == Reservation.epoch.value:
-            _admit_epoch(dataset, run, rdp)
-        entry = LedgerEntry(
-            dataset_id=dataset.id,
-            run_id=run.id,
-            kind=EntryKind.charge.value,
-            epoch=epoch,
-            rdp=rdp,
-            mechanism=mechanism_json(spec.epochs_mechanism(epoch, epoch + 1)),
-            actor=principal.actor,
+        locked = _lock_for_charge(session, run_id, caller)
+        run, dataset = locked.run, locked.dataset
+        costs = run_costs(run, list(dataset.orders))
+        state = budget_state(dataset)
+        step = transitions.charge(state, run_state(run, costs, locked.charged), unit)
+        if step.refused:
+            assert step.admission is not None
+            refusal = step.admission
+        elif not step.entries:
+            return _existing(session, locked, unit, costs)
+        else:
+            refusal = None
+            entry = step.entries[0]
+            mechanism = entry_mechanism(run_spec(run), entry)
+            entry_id, created_at = session.execute(
+                insert(LedgerEntry)
+                .values(
+                    dataset_id=dataset.id,
+                    run_id=run.id,
+                    kind=EntryKind.charge.value,
+                    epoch=unit,
+                    rdp=entry.cost,
+                    mechanism=mechanism,
+                    actor=locked.principal.actor,
+                )
+                .returning(LedgerEntry.id, LedgerEntry.created_at)
+            ).one()
+            new = step.budget
+            session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset.id)
+                .values(
+                    rdp_reserved=new.reserved, rdp_committed=new.committed, alive=list(new.alive)
+                )
+            )
+    if refusal is not None:
+        AdmissionLog(
+            run_name=run.name,
+            inputs={**(run.spec or {}), "reservation": run.reservation, "epoch": unit},
+            actor=locked.principal.actor,
+            dry_run=False,
+        ).log_decision(
+            dataset=dataset.name, verdict=verdict(refusal, dataset.orders), run_id=run.id
         )
-        session.add(entry)
-        dataset.rdp_committed = add_up(dataset.rdp_committed, rdp)
-        run.epochs_charged = epoch + 1
-        run.status = RunStatus.running.value
-        session.flush()
-        charged = _charge_to_read(entry)
+        raise budget_refusal(dataset.name, dataset.target_epsilon, refusal, run.id)
     log_charge(
         dataset=dataset.name,
         run_id=run_id,
-        epoch=epoch,
-        ledger_entry_id=charged.ledger_entry_id,
-        actor=principal.actor,
+        epoch=unit,
+        ledger_entry_id=entry_id,
+        actor=locked.principal.actor,
     )
-    return charged
+    return EpochChargeRead(
+        run_id=run_id,
+        epoch=unit,
+        ledger_entry_id=entry_id,
+        created_at=created_at,
+        epsilon_run=_epsilon_run(dataset, costs, unit + 1),
+        epsilon_spent=_spent(step.budget, dataset),
+    )
 
 
 def finish_run(session: Session, run_id: int, principal: Principal) -> RunRead:
-    """Finish a run, releasing the reservation of the epochs it never started (idempotent)."""
+    """Finish a run, releasing the reservation of the units it never started (idempotent)."""
     with read_transaction(session):
         run, dataset = find_run(session, run_id)
         principal.require_dataset_write(dataset.name)
-        spec, orders, dataset_id = run_spec(run), list(dataset.orders), dataset.id
+        dataset_id = dataset.id
     with write_transaction(session):
         dataset = lock_dataset(session, dataset_id)
         run = session.get_one(Run, run_id, populate_existing=True)
-        if run.status == RunStatus.finished.value:
-            return run_to_read(run, dataset.name)
-        if run.status not in _ACTIVE:
-            raise RunNotActiveError(f"run {run.id} is {run.status}; there is nothing to finish")
-        if run.reservation == Reservation.plan.value and run.epochs_charged < run.epochs:
-            released = epochs_rdp(spec, run.epochs_charged, run.epochs, orders)
-            session.add(
-                LedgerEntry(
-                    dataset_id=dataset.id,
-                    run_id=run.id,
-                    kind=EntryKind.release.value,
-                    epoch=None,
-                    rdp=released,
-                    mechanism=mechanism_json(spec.epochs_mechanism(run.epochs_charged, run.epochs)),
-                    actor=principal.actor,
-                )
-            )
-            # Releases lower S but never bring an order back into the alive set.
-            dataset.rdp_reserved = subtract_up(dataset.rdp_reserved, released)
+        charged = charged_units(session, [run_id]).get(run_id, 0)
+        costs = run_costs(run, list(dataset.orders))
+        step = transitions.finish(budget_state(dataset), run_state(run, costs, charged))
+        if step.entries:
+            store_budget_state(dataset, step.budget)
+            write_entries(session, dataset, run, run_spec(run), step.entries, principal.actor)
         run.status = RunStatus.finished.value
         session.flush()
-        return run_to_read(run, dataset.name)
+        return run_to_read(run, dataset, charged)

@@ -1,9 +1,10 @@
 """What the dashboard pages show: read-only views over datasets, their ledgers and runs.
 
 Every number comes from the same code as the JSON API (:mod:`app.services.budgets`,
-:mod:`app.services.admission_filter`, :func:`app.services.accounting.epsilon_of_rdp`), so a page
-and ``GET /v1/datasets/{name}/budget`` always agree. The one new computation is the history of
-epsilon spent, which replays the ledger (see :func:`_spend_history`).
+:mod:`app.ledger.budget`, :func:`app.services.accounting.epsilon_of_rdp`), so a page and
+``GET /v1/datasets/{name}/budget`` always agree. The one new computation is the history of
+epsilon spent, which replays the ledger through the ledger's own transitions
+(:func:`app.ledger.transitions.replay_entry`, see :func:`_spend_history`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction
 from app.errors import AuthenticationError
-from app.models import Dataset, FloatArray, LedgerEntry, Run
+from app.ledger import budget as ledger_budget
+from app.ledger import quanta
+from app.ledger.budget import BudgetState
+from app.ledger.quanta import Vec
+from app.ledger.transitions import replay_entry
+from app.models import Dataset, LedgerEntry, Run
 from app.schemas import BudgetRead, DatasetRead, EntryKind, Role, RunRead
 from app.services import budgets
-from app.services.accounting import add_up, epsilon_of_rdp, subtract_up
-from app.services.admission import find_run, run_to_read
-from app.services.admission_filter import BoolArray, FilterState, filter_epsilon
-from app.services.datasets import dataset_to_read, filter_state, find_dataset
+from app.services.accounting import epsilon_of_rdp
+from app.services.datasets import budget_state, dataset_to_read, find_dataset
+from app.services.runs import find_run, read_run
 from app.services.tokens import authenticate
 
 #: Most points of the epsilon-over-time chart; longer ledgers are sampled evenly (last kept).
@@ -231,42 +236,29 @@ def sample_indices(count: int, most: int) -> set[int]:
     return {int(i) for i in np.linspace(0, count - 1, num=most).round()}
 
 
-class _FilterReplay:
-    """The dataset's filter state rebuilt entry by entry, with the services' own updates.
-
-    Reservations, and charges of runs that reserved nothing (pay as you go, releases), pass the
-    filter: S grows, rounded up, and orders that overflow leave L (as ``admission_filter.decide``).
-    Releases lower S (``subtract_up``); charges add to the committed RDP (``add_up``). An all-zero
-    charge (a black-box approximate-DP release) changes no RDP state, as in the services.
-    """
+class _Replay:
+    """The dataset's budget rebuilt entry by entry with the ledger's own transitions."""
 
     def __init__(self, dataset: Dataset) -> None:
-        self.base = filter_state(dataset)
-        self.reserved: FloatArray = np.zeros(len(dataset.orders))
-        self.committed: FloatArray = np.zeros(len(dataset.orders))
-        self.alive: BoolArray = np.ones(len(dataset.orders), dtype=bool)
+        start = budget_state(dataset)
+        zero = quanta.zeros(len(dataset.orders))
+        self.state = BudgetState(
+            start.target_epsilon, start.capacity, zero, zero, (True,) * len(dataset.orders)
+        )
         self.planned_runs: set[int] = set()
 
-    def _admit(self, rdp: FloatArray) -> None:
-        self.reserved = np.nextafter(self.reserved + rdp, np.inf)
-        self.alive = self.alive & (self.reserved <= self.base.capacity)
-
-    def apply(self, kind: str, rdp: FloatArray, run_id: int) -> None:
+    def apply(self, kind: str, rdp: Vec, run_id: int) -> None:
         """Apply one ledger entry."""
-        if kind == EntryKind.reservation.value:
+        entry_kind = EntryKind(kind)
+        if entry_kind is EntryKind.reservation:
             self.planned_runs.add(run_id)
-            self._admit(rdp)
-        elif kind == EntryKind.release.value:
-            self.reserved = subtract_up(self.reserved, rdp)
-        elif kind == EntryKind.charge.value and np.any(rdp):
-            if run_id not in self.planned_runs:
-                self._admit(rdp)
-            self.committed = add_up(self.committed, rdp)
+        self.state = replay_entry(
+            self.state, entry_kind, rdp, reserved_before=run_id in self.planned_runs
+        )
 
     def epsilon_spent(self) -> float | None:
         """Return the filter epsilon of the committed RDP with the alive set of this moment."""
-        state = FilterState(self.base.target_epsilon, self.base.capacity, self.reserved, self.alive)
-        return _finite(filter_epsilon(state, self.committed))
+        return _finite(ledger_budget.epsilon_spent(self.state))
 
 
 def _count_charges(session: Session, dataset: Dataset) -> int:
@@ -281,12 +273,13 @@ def _spend_history(session: Session, dataset: Dataset) -> SpendHistory:
     Each point is the filter epsilon of the committed RDP with the alive set of that moment; after
     the latest charge it is the budget endpoint's ``epsilon_spent`` (unless a later reservation
     shrank L; black-box approximate-DP releases, spent outside the filter, are not included).
+    The replay applies the same exact transitions as the services, so it ends in the stored state.
     ``epsilon_non_adaptive`` is the plain RDP conversion of the same sum. Cost: one pass over the
     ledger, conversions only at the (at most MAX_SPEND_POINTS) sampled charges.
     """
     charges = _count_charges(session, dataset)
     keep = sample_indices(charges, MAX_SPEND_POINTS)
-    replay, points, index = _FilterReplay(dataset), [], 0
+    replay, points, index = _Replay(dataset), [], 0
     columns = (LedgerEntry.kind, LedgerEntry.rdp, LedgerEntry.run_id, LedgerEntry.epoch)
     rows = session.execute(
         select(*columns, LedgerEntry.created_at)
@@ -299,8 +292,15 @@ def _spend_history(session: Session, dataset: Dataset) -> SpendHistory:
         if kind != EntryKind.charge.value:
             continue
         if index in keep:
-            non_adaptive = epsilon_of_rdp(
-                orders=dataset.orders, rdp=replay.committed, delta=dataset.target_delta
+            committed = replay.state.committed
+            non_adaptive = (
+                0.0
+                if quanta.is_zero(committed)
+                else epsilon_of_rdp(
+                    orders=dataset.orders,
+                    rdp=quanta.to_floats_up(committed),
+                    delta=dataset.target_delta,
+                )
             )
             points.append(
                 SpendPoint(created_at, run_id, epoch, replay.epsilon_spent(), non_adaptive)
@@ -354,19 +354,25 @@ class RunDetail:
     entries_total: int
 
 
-def _vector(values: FloatArray | None) -> list[float | None]:
+def _vector(values: Vec | None) -> list[float | None]:
     if values is None:
         return []
-    return [_finite(float(v)) for v in values]
+    return [_finite(float(v)) for v in quanta.to_floats_up(values)]
+
+
+def _epsilon(orders: list[float], values: Vec, delta: float) -> float | None:
+    if quanta.is_zero(values):
+        return 0.0
+    return epsilon_of_rdp(orders=orders, rdp=quanta.to_floats_up(values), delta=delta)
 
 
 def _run_entries(
     rows: Sequence[LedgerEntry], dataset: Dataset
-) -> tuple[list[RunEntry], FloatArray | None, FloatArray, FloatArray | None]:
+) -> tuple[list[RunEntry], Vec | None, Vec, Vec | None]:
     """Return the listed entries and the run's reservation, summed charges and release."""
-    planned: FloatArray | None = None
-    released: FloatArray | None = None
-    charged: FloatArray = np.zeros(len(dataset.orders))
+    planned: Vec | None = None
+    released: Vec | None = None
+    charged: Vec = quanta.zeros(len(dataset.orders))
     entries: list[RunEntry] = []
     for row in rows:
         kind = EntryKind(row.kind)
@@ -376,12 +382,10 @@ def _run_entries(
         elif kind is EntryKind.release:
             released = row.rdp
         else:
-            # Summed in ledger order with add_up, exactly as RunBudget.epsilon_committed.
-            charged = add_up(charged, row.rdp)
+            # Exact sums, so the last one equals RunRead.epsilon_run.
+            charged = quanta.add(charged, row.rdp)
             if len(entries) < MAX_RUN_ENTRIES:
-                after = epsilon_of_rdp(
-                    orders=dataset.orders, rdp=charged, delta=dataset.target_delta
-                )
+                after = _epsilon(list(dataset.orders), charged, dataset.target_delta)
         if len(entries) < MAX_RUN_ENTRIES:
             entries.append(RunEntry(row.id, kind, row.epoch, row.created_at, row.actor, after))
     return entries, planned, charged, released
@@ -398,16 +402,14 @@ def get_run_detail(session: Session, run_id: int, principal: Principal) -> RunDe
         entries, planned, charged, released = _run_entries(rows, dataset)
         orders, delta = list(dataset.orders), dataset.target_delta
         return RunDetail(
-            run=run_to_read(run, dataset.name),
+            run=read_run(session, run, dataset),
             dataset=dataset_to_read(dataset),
             planned_rdp=_vector(planned),
             charged_rdp=_vector(charged),
             released_rdp=_vector(released),
             reserved=planned is not None,
-            epsilon_planned=(
-                None if planned is None else epsilon_of_rdp(orders=orders, rdp=planned, delta=delta)
-            ),
-            epsilon_charged=epsilon_of_rdp(orders=orders, rdp=charged, delta=delta),
+            epsilon_planned=None if planned is None else _epsilon(orders, planned, delta),
+            epsilon_charged=_epsilon(orders, charged, delta),
             entries=entries,
             entries_total=len(rows),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select
@@ -12,16 +13,19 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import DatasetExistsError, InvalidInputError, NotFoundError
+from app.ledger import budget, quanta
+from app.ledger.budget import BudgetState
+from app.ledger.rounding import subtract_down
 from app.models import Dataset
 from app.schemas import ApproxDpBudget, DatasetCreate, DatasetList, DatasetRead, Role
 from app.services.accounting import DEFAULT_FILTER_ORDERS, filter_capacity
-from app.services.admission_filter import FilterState
 
 _WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def dataset_to_read(dataset: Dataset) -> DatasetRead:
-    """Return the API view of a dataset."""
+    """Return the API view of a dataset, with its headline budget numbers."""
+    numbers = headline(dataset)
     return DatasetRead(
         name=dataset.name,
         description=dataset.description,
@@ -30,7 +34,37 @@ def dataset_to_read(dataset: Dataset) -> DatasetRead:
         orders=list(dataset.orders),
         weights=list(dataset.weights),
         approx_dp=approx_dp_budget(dataset),
+        epsilon_spent=finite(numbers.spent),
+        epsilon_remaining=numbers.remaining,
         created_at=dataset.created_at,
+    )
+
+
+def finite(value: float) -> float | None:
+    """Return ``value``, or None (JSON null) when it is infinite."""
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A dataset's headline epsilons (see BudgetRead): spent, reserved on top, remaining."""
+
+    spent: float
+    reserved: float
+    remaining: float
+
+
+def headline(dataset: Dataset) -> Headline:
+    """Return the headline numbers: the one definition behind the API, dashboard, metrics, CLI.
+
+    spent = the filter epsilon of the charges + the black-box releases' epsilon; reserved = what
+    open reservations add; remaining = what the filter still admits (>= 0).
+    """
+    state = budget_state(dataset)
+    return Headline(
+        spent=budget.epsilon_spent(state) + dataset.approx_epsilon_spent,
+        reserved=budget.epsilon_reserved(state),
+        remaining=budget.epsilon_remaining(state),
     )
 
 
@@ -41,25 +75,45 @@ def approx_dp_budget(dataset: Dataset) -> ApproxDpBudget:
         delta=dataset.approx_delta,
         epsilon_spent=dataset.approx_epsilon_spent,
         delta_spent=dataset.approx_delta_spent,
+        epsilon_remaining=max(
+            0.0, subtract_down(dataset.approx_epsilon, dataset.approx_epsilon_spent)
+        ),
     )
 
 
-def filter_target(dataset: Dataset) -> tuple[float, float]:
-    """Return the (epsilon, delta) the admission filter guards: the budget minus the sub-budget."""
+def filter_target(
+    *, target_epsilon: float, target_delta: float, approx_epsilon: float, approx_delta: float
+) -> tuple[float, float]:
+    """Return the (epsilon, delta) the admission filter guards: the budget minus the part set
+    aside, each rounded down (toward privacy)."""
     return (
-        dataset.target_epsilon - dataset.approx_epsilon,
-        dataset.target_delta - dataset.approx_delta,
+        subtract_down(target_epsilon, approx_epsilon),
+        subtract_down(target_delta, approx_delta),
     )
 
 
-def filter_state(dataset: Dataset) -> FilterState:
-    """Return the dataset's admission-filter state."""
-    return FilterState(
-        target_epsilon=filter_target(dataset)[0],
+def budget_state(dataset: Dataset) -> BudgetState:
+    """Return the dataset's budget state (:mod:`app.ledger.budget`)."""
+    epsilon, _ = filter_target(
+        target_epsilon=dataset.target_epsilon,
+        target_delta=dataset.target_delta,
+        approx_epsilon=dataset.approx_epsilon,
+        approx_delta=dataset.approx_delta,
+    )
+    return BudgetState(
+        target_epsilon=epsilon,
         capacity=dataset.capacity,
         reserved=dataset.rdp_reserved,
-        alive=np.asarray(dataset.alive, dtype=bool),
+        committed=dataset.rdp_committed,
+        alive=tuple(bool(flag) for flag in dataset.alive),
     )
+
+
+def store_budget_state(dataset: Dataset, state: BudgetState) -> None:
+    """Write a new budget state back onto the dataset row (capacity and target never change)."""
+    dataset.rdp_reserved = state.reserved
+    dataset.rdp_committed = state.committed
+    dataset.alive = list(state.alive)
 
 
 def _grid(body: DatasetCreate) -> tuple[list[float], list[float]]:
@@ -103,11 +157,14 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
     # Basic composition of the two parts (Dwork & Roth 2014, Thm. 3.16), valid when their
     # requests interleave adaptively as both are filters (Rogers et al. 2016; concurrent
     # composition: Vadhan & Wang 2021, Lyu 2022).
+    epsilon, delta = filter_target(
+        target_epsilon=body.target_epsilon,
+        target_delta=body.target_delta,
+        approx_epsilon=body.approx_dp_epsilon,
+        approx_delta=body.approx_dp_delta,
+    )
     capacity = filter_capacity(
-        orders=orders,
-        weights=weights,
-        target_epsilon=body.target_epsilon - body.approx_dp_epsilon,
-        target_delta=body.target_delta - body.approx_dp_delta,
+        orders=orders, weights=weights, target_epsilon=epsilon, target_delta=delta
     )
     dataset = Dataset(
         name=body.name,
@@ -117,8 +174,8 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         orders=orders,
         weights=weights,
         capacity=capacity,
-        rdp_reserved=np.zeros(len(orders)),
-        rdp_committed=np.zeros(len(orders)),
+        rdp_reserved=quanta.zeros(len(orders)),
+        rdp_committed=quanta.zeros(len(orders)),
         alive=[True] * len(orders),
         approx_epsilon=body.approx_dp_epsilon,
         approx_delta=body.approx_dp_delta,

@@ -1,12 +1,22 @@
-"""The stored form of runs: their mechanism, its accounting view and their API view."""
+"""The stored form of runs: their mechanism, its plan and costs, their charges and API view."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from app.models import Dataset, Run
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import NotFoundError
+from app.ledger import quanta
+from app.ledger.costs import UnitCosts
+from app.ledger.plans import ChargeSpec
+from app.ledger.transitions import EntryKind, HoldMode, RunState
+from app.models import Dataset, LedgerEntry, Run
 from app.schemas import (
     AnyMechanism,
+    ApproxDpRelease,
     DpSgdMechanism,
     MechanismKind,
     NoiseSpec,
@@ -15,7 +25,15 @@ from app.schemas import (
     RunRead,
     RunStatus,
 )
-from app.services.accounting import ChargeSpec, charge_spec, parse_mechanism
+from app.services.accounting import (
+    charge_spec,
+    epsilon_of_rdp,
+    parse_mechanism,
+    plan_costs,
+)
+
+#: Costs of runs stored before costs were (legacy rows) are recomputed with no level limit.
+_NO_LIMIT = 10**12
 
 
 def run_mechanism(run: Run) -> AnyMechanism:
@@ -39,17 +57,83 @@ def run_mechanism(run: Run) -> AnyMechanism:
 
 
 def run_spec(run: Run) -> ChargeSpec:
-    """Return the accounting view of a stored run."""
+    """Return the plan of a stored run (not for approximate-DP releases)."""
     return charge_spec(run_mechanism(run))
 
 
-def run_to_read(run: Run, dataset_name: str) -> RunRead:
-    """Return the API view of a run."""
+def run_costs(run: Run, orders: list[float]) -> UnitCosts:
+    """Return the per-unit costs fixed at admission (computed again for legacy rows)."""
+    if run.costs is not None:
+        return UnitCosts.from_json(run.costs)
+    if run.kind == MechanismKind.approx_dp_release.value:  # no RDP curve: charged elsewhere
+        return UnitCosts.uniform(quanta.zeros(len(orders)), 1)
+    return plan_costs(run_spec(run), orders, max_noise_levels=_NO_LIMIT)
+
+
+def run_state(run: Run, costs: UnitCosts, charged: int) -> RunState:
+    """Return the ledger's view of a stored run."""
+    mode = HoldMode.once if run.kind in _ONCE_KINDS else HoldMode(run.reservation)
+    return RunState(
+        costs=costs,
+        mode=mode,
+        charged=charged,
+        open=run.status == RunStatus.admitted.value,
+        finished=run.status == RunStatus.finished.value,
+    )
+
+
+_ONCE_KINDS = frozenset(
+    {
+        MechanismKind.laplace_release.value,
+        MechanismKind.gaussian_release.value,
+        MechanismKind.approx_dp_release.value,
+    }
+)
+
+
+def charged_units(session: Session, run_ids: Iterable[int]) -> dict[int, int]:
+    """Return how many units each run charged (read from its charges; absent = 0)."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(LedgerEntry.run_id, func.max(LedgerEntry.epoch))
+        .where(LedgerEntry.run_id.in_(ids), LedgerEntry.kind == EntryKind.charge.value)
+        .group_by(LedgerEntry.run_id)
+    )
+    return {run_id: int(last) + 1 for run_id, last in rows if last is not None}
+
+
+def run_epsilon(run: Run, dataset: Dataset, charged: int) -> float | None:
+    """Return the run's own epsilon: its charges alone, converted at the dataset's delta.
+
+    This is what a plain RDP accountant (Opacus) prints for the run. An approximate-DP release
+    has no RDP curve: its epsilon is the one it declared. Nothing charged: 0.
+    """
+    if charged == 0:
+        return 0.0
+    mechanism = run_mechanism(run)
+    if isinstance(mechanism, ApproxDpRelease):
+        return mechanism.epsilon
+    costs = run_costs(run, list(dataset.orders))
+    rdp = quanta.to_floats_up(costs.total(0, charged))
+    return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
+
+
+def api_status(run: Run, charged: int) -> RunStatus:
+    """Return the run's status as the API shows it: an admitted run that charged is running."""
+    if run.status == RunStatus.admitted.value and charged > 0:
+        return RunStatus.running
+    return RunStatus(run.status)
+
+
+def run_to_read(run: Run, dataset: Dataset, charged: int) -> RunRead:
+    """Return the API view of a run that charged ``charged`` units."""
     mechanism = run_mechanism(run)
     dp_sgd = mechanism if isinstance(mechanism, DpSgdMechanism) else None
     return RunRead(
         id=run.id,
-        dataset=dataset_name,
+        dataset=dataset.name,
         name=run.name,
         kind=MechanismKind(mechanism.kind),
         mechanism=mechanism.model_dump(mode="json"),
@@ -59,14 +143,37 @@ def run_to_read(run: Run, dataset_name: str) -> RunRead:
         noise=None if dp_sgd is None else dp_sgd.noise,
         max_grad_norm=None if dp_sgd is None else dp_sgd.max_grad_norm,
         reservation=Reservation(run.reservation),
-        status=RunStatus(run.status),
-        epochs_charged=run.epochs_charged,
+        status=api_status(run, charged),
+        epochs_charged=charged,
+        epsilon_run=run_epsilon(run, dataset, charged),
         created_at=run.created_at,
     )
 
 
+def find_run(session: Session, run_id: int) -> tuple[Run, Dataset]:
+    """Return the run and its dataset or raise NotFoundError."""
+    row = session.execute(
+        select(Run, Dataset).join(Dataset, Run.dataset_id == Dataset.id).where(Run.id == run_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no run {run_id}")
+    return row[0], row[1]
+
+
+def read_run(session: Session, run: Run, dataset: Dataset) -> RunRead:
+    """Return the API view of one run, reading its charges."""
+    return run_to_read(run, dataset, charged_units(session, [run.id]).get(run.id, 0))
+
+
 def new_run(
-    body: RunCreate, stored: dict[str, Any], units: int, dataset: Dataset, actor: str
+    body: RunCreate,
+    stored: dict[str, Any],
+    *,
+    units: int,
+    costs: UnitCosts | None,
+    dataset: Dataset,
+    actor: str,
+    idempotency_key: str | None,
 ) -> Run:
     """Return the row of a new run (status ``refused`` until admission says otherwise).
 
@@ -87,6 +194,7 @@ def new_run(
         max_grad_norm=stored.get("max_grad_norm"),
         reservation=body.reservation.value,
         status=RunStatus.refused.value,
-        epochs_charged=0,
+        costs=None if costs is None else costs.to_json(),
+        idempotency_key=idempotency_key,
         created_by=actor,
     )

@@ -10,11 +10,11 @@ changing the mechanism: one noise draw and one optimizer step per logical batch.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
+from dp_core.epochs import steps_per_epoch as epochs_rule
 from dp_core.errors import InvalidParameterError
 
 __all__ = ["poisson_batch", "split_physical", "steps_per_epoch"]
@@ -40,7 +40,5 @@ def split_physical(indices: Tensor, max_physical_batch_size: int | None) -> list
 
 
 def steps_per_epoch(sample_rate: float) -> int:
-    """Return ceil(1/q), the steps in one epoch (the ledger's default, issue 3)."""
-    if not 0.0 < sample_rate <= 1.0:
-        raise InvalidParameterError("sample_rate", sample_rate, "must be in (0, 1]")
-    return math.ceil(1.0 / sample_rate - 1e-9)
+    """Return the steps in one epoch: :func:`dp_core.epochs.steps_per_epoch`, the ledger's rule."""
+    return epochs_rule(sample_rate)

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
+from app.ledger import quanta
+from app.ledger.rounding import RDP_ABSOLUTE_MARGIN, RDP_RELATIVE_MARGIN
 from app.main import create_app
 from app.models import Dataset, LedgerEntry, Run
 from app.settings import Settings
@@ -102,10 +105,20 @@ def snapshot(database_url: str) -> dict[str, Any]:
                 for model in (Dataset, Run, LedgerEntry)
             }
             states = [
-                (row.name, row.rdp_reserved.tolist(), row.rdp_committed.tolist(), list(row.alive))
+                (
+                    row.name,
+                    quanta.to_floats_up(row.rdp_reserved).tolist(),
+                    quanta.to_floats_up(row.rdp_committed).tolist(),
+                    list(row.alive),
+                )
                 for row in conn.execute(select(Dataset).order_by(Dataset.id))
             ]
-            runs = [tuple(r) for r in conn.execute(select(Run.id, Run.status, Run.epochs_charged))]
+            charges = (
+                select(func.count())
+                .where(LedgerEntry.run_id == Run.id, LedgerEntry.kind == "charge")
+                .scalar_subquery()
+            )
+            runs = [tuple(r) for r in conn.execute(select(Run.id, Run.status, charges))]
     finally:
         engine.dispose()
     return {"counts": counts, "datasets": states, "runs": runs}
@@ -133,3 +146,16 @@ async def make_dataset(
     response = await client.post("/v1/datasets", json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+def assert_charged(actual: Any, exact: Any, *, units: int = 1) -> None:
+    """Assert that stored costs are the exact RDP rounded up by the ledger's stated margins.
+
+    Never below the exact value (rounded toward privacy), and above it by no more than the
+    margins of :mod:`app.ledger.rounding` (``units`` costs summed) plus float rounding.
+    """
+    got = np.asarray(actual, dtype=np.float64)
+    want = np.asarray(exact, dtype=np.float64)
+    assert np.all(got >= want), (got, want)
+    slack = want * (2.0 * RDP_RELATIVE_MARGIN) + units * 2.0 * RDP_ABSOLUTE_MARGIN + 1e-300
+    assert np.all(got <= want + slack), (got - want, slack)

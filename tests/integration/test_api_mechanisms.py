@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.integration.conftest import make_dataset, run_body, snapshot
+from tests.integration.conftest import assert_charged, make_dataset, run_body, snapshot
 from tests.integration.test_api_reservation import simulate
 from tests.integration.test_api_runs import capacity, planned_rdp
 
@@ -51,19 +51,19 @@ async def test_pate_job_reserves_its_curve_and_charges_per_batch(client, databas
     assert (job["kind"], job["epochs"], job["sample_rate"], job["noise"]) == ("pate", 4, None, None)
     assert job["mechanism"]["batch_size"] == 30
     state = snapshot(database_url)["datasets"][0]
-    np.testing.assert_allclose(state[1], gnmax_rdp(orders, 40.0, 100), rtol=1e-12)
+    assert_charged(state[1], gnmax_rdp(orders, 40.0, 100))
     assert state[2] == [0.0] * len(orders), "nothing is committed before a batch is charged"
 
     for batch in range(3):
         r = await client.post(f"/v1/runs/{job['id']}/batches", json={"batch": batch})
         assert r.status_code == 200, r.text
     committed = snapshot(database_url)["datasets"][0][2]
-    np.testing.assert_allclose(committed, gnmax_rdp(orders, 40.0, 90), rtol=1e-12)
+    assert_charged(committed, gnmax_rdp(orders, 40.0, 90))
     finished = (await client.post(f"/v1/runs/{job['id']}/finish")).json()
     assert (finished["status"], finished["epochs_charged"]) == ("finished", 3)
     reserved = snapshot(database_url)["datasets"][0][1]
-    # The 10 queries of the last batch were released (within a few ulps of rounding up).
-    np.testing.assert_allclose(reserved, gnmax_rdp(orders, 40.0, 90), rtol=1e-12)
+    # The 10 queries of the last batch were released: S equals the charges exactly.
+    assert reserved == committed
 
 
 async def test_releases_are_admitted_and_charged_at_once(client, database_url):
@@ -82,8 +82,8 @@ async def test_releases_are_admitted_and_charged_at_once(client, database_url):
         assert again.status_code == 200, "a retry of the one charge is idempotent"
     expected = np.asarray(orders) * 4.0 / (2 * 100.0) + laplace_rdp(orders, 4.0)
     state = snapshot(database_url)["datasets"][0]
-    np.testing.assert_allclose(state[2], expected, rtol=1e-10)
-    np.testing.assert_allclose(state[1], expected, rtol=1e-10)
+    assert_charged(state[2], expected, units=2)
+    assert state[1] == state[2]
     ledger = (await client.get("/v1/datasets/mnist/ledger")).json()["items"]
     assert [(e["kind"], e["epoch"]) for e in ledger] == [("charge", 0), ("charge", 0)]
     assert ledger[0]["mechanism"]["mechanism"]["type"] == "gaussian"
@@ -106,7 +106,7 @@ async def test_a_pate_job_and_a_dp_sgd_run_share_one_budget(client, database_url
 
     budget = (await client.get("/v1/datasets/mnist/budget")).json()
     kinds = {row["kind"]: row for row in budget["by_kind"]}
-    assert kinds["pate"]["runs"] == 1 and kinds["pate"]["epsilon_committed"] == 0.0
+    assert kinds["pate"]["runs"] == 1 and kinds["pate"]["epsilon_run"] == 0.0
     assert kinds["dp_sgd"]["runs"] == 1  # the refused run is listed, having spent nothing
     assert {run["kind"] for run in budget["runs"]} == {"pate", "dp_sgd"}
 
@@ -115,7 +115,7 @@ async def test_approx_dp_releases_use_their_own_sub_budget(client, database_url)
     dataset = await make_dataset(client, target_epsilon=3.0, approx_dp_epsilon=1.0,
                                  approx_dp_delta=2e-6)  # fmt: skip
     assert dataset["approx_dp"] == {"epsilon": 1.0, "delta": 2e-6, "epsilon_spent": 0.0,
-                                    "delta_spent": 0.0}  # fmt: skip
+                                    "delta_spent": 0.0, "epsilon_remaining": 1.0}  # fmt: skip
     # The filter guards the rest of the budget: B(a) at (2.0, 8e-6).
     state = snapshot(database_url)
     first = await client.post(
@@ -136,7 +136,8 @@ async def test_approx_dp_releases_use_their_own_sub_budget(client, database_url)
     assert budget["approx_dp"]["delta_spent"] == pytest.approx(2e-6)
     assert budget["epsilon_spent"] == pytest.approx(1.0), "the RDP part has spent nothing"
     assert budget["epsilon_remaining"] == pytest.approx(2.0)
-    assert {row["kind"]: row["epsilon_committed"] for row in budget["by_kind"]} == {
+    assert first.json()["epsilon_run"] == 0.6, "an approx-DP release's epsilon is its own"
+    assert {row["kind"]: row["epsilon_run"] for row in budget["by_kind"]} == {
         "approx_dp_release": pytest.approx(1.0)
     }
     assert snapshot(database_url)["datasets"][0][1:] == state["datasets"][0][1:]

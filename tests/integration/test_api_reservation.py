@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.integration.conftest import make_dataset, run_body, snapshot
+from tests.integration.conftest import assert_charged, make_dataset, run_body, snapshot
 from tests.integration.test_api_runs import capacity, planned_rdp
 
 pytestmark = pytest.mark.anyio
@@ -45,9 +45,9 @@ async def test_epoch_mode_reserves_nothing_and_charges_through_the_filter(client
     assert charged.status_code == 200
     state = snapshot(database_url)["datasets"][0]
     one_epoch = planned_rdp(dataset["orders"], sample_rate=0.004, noise_multiplier=1.0, epochs=1)
-    # S and the committed RDP both grew by exactly one epoch (rounded up by at most 1 ulp).
-    np.testing.assert_allclose(state[1], one_epoch, rtol=1e-12)
-    np.testing.assert_allclose(state[2], one_epoch, rtol=1e-12)
+    # S and the committed RDP both grew by exactly one epoch's cost (rounded up).
+    assert_charged(state[2], one_epoch)
+    assert state[1] == state[2]
 
     finished = (await client.post(f"/v1/runs/{run['id']}/finish")).json()
     assert finished["status"] == "finished"

@@ -5,8 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import PrincipalDep
-from app.schemas import EpsilonRead, EpsilonRequest, NoiseMultiplierRead, NoiseMultiplierRequest
-from app.services import accountant
+from app.schemas import (
+    EpsilonRead,
+    EpsilonRequest,
+    MaxStepsRead,
+    MaxStepsRequest,
+    NoiseMultiplierRead,
+    NoiseMultiplierRequest,
+)
+from app.services import accounting as accountant
 
 router = APIRouter(prefix="/v1/accountant", tags=["accountant"])
 
@@ -23,3 +30,9 @@ def calibrate_noise_multiplier(
 ) -> NoiseMultiplierRead:
     """The smallest noise multiplier whose epsilon stays within the target."""
     return accountant.calibrate_noise_multiplier(body)
+
+
+@router.post("/max-steps")
+def max_steps(body: MaxStepsRequest, _principal: PrincipalDep) -> MaxStepsRead:
+    """The most DP-SGD steps whose epsilon stays within the target (422 if not even one)."""
+    return accountant.max_steps(body)

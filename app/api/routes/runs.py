@@ -1,12 +1,12 @@
-"""Runs: admission, per-epoch charges, finishing."""
+"""Runs: admission, per-epoch (per-batch) charges, finishing."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from app.api.deps import PrincipalDep, SessionDep
+from app.api.deps import BearerTokenDep, PrincipalDep, SessionDep, SettingsDep
 from app.schemas import (
     AdmissionPreview,
     BatchCharge,
@@ -21,6 +21,18 @@ from app.services import admission, charging
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description=(
+            "A client-chosen key (e.g. a UUID): a repeated request with the same key and token"
+            " returns the run the first one created instead of registering a second run."
+        ),
+    ),
+]
 _CONFLICT: dict[int | str, dict[str, Any]] = {status.HTTP_409_CONFLICT: {"model": ErrorBody}}
 
 
@@ -29,15 +41,25 @@ def create_run(
     body: RunCreate,
     session: SessionDep,
     principal: PrincipalDep,
+    settings: SettingsDep,
     response: Response,
     dry_run: Annotated[bool, Query(description="Answer without writing anything.")] = False,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunRead | AdmissionPreview:
     """Admit a run by reserving its planned RDP curve (409 budget_exceeded if it does not fit).
 
     DP-SGD runs (top-level fields or ``mechanism.kind=dp_sgd``) and PATE jobs reserve their plan;
-    Laplace, Gaussian and approximate-DP releases are admitted and charged at once.
+    Laplace, Gaussian and approximate-DP releases are admitted and charged at once. A refusal
+    says how many epochs would fit and which noise multiplier would fit all of them.
     """
-    result = admission.admit_run(session, body, principal, dry_run=dry_run)
+    result = admission.admit_run(
+        session,
+        body,
+        principal,
+        dry_run=dry_run,
+        max_noise_levels=settings.max_noise_levels,
+        idempotency_key=idempotency_key,
+    )
     if dry_run:
         response.status_code = status.HTTP_200_OK
     return result
@@ -51,18 +73,18 @@ def get_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunR
 
 @router.post("/{run_id}/epochs", responses=_CONFLICT)
 def charge_epoch(
-    run_id: RunId, body: EpochCharge, session: SessionDep, principal: PrincipalDep
+    run_id: RunId, body: EpochCharge, session: SessionDep, token: BearerTokenDep
 ) -> EpochChargeRead:
     """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
-    return charging.charge_epoch(session, run_id, body.epoch, principal)
+    return charging.charge_unit(session, run_id, body.epoch, token)
 
 
 @router.post("/{run_id}/batches", responses=_CONFLICT)
 def charge_batch(
-    run_id: RunId, body: BatchCharge, session: SessionDep, principal: PrincipalDep
+    run_id: RunId, body: BatchCharge, session: SessionDep, token: BearerTokenDep
 ) -> EpochChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
-    return charging.charge_epoch(session, run_id, body.batch, principal)
+    return charging.charge_unit(session, run_id, body.batch, token)
 
 
 @router.post("/{run_id}/finish", responses=_CONFLICT)

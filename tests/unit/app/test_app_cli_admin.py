@@ -19,7 +19,7 @@ from app.db import create_db_engine, make_session_factory
 from app.models import ApiToken, Dataset, LedgerEntry
 from app.schemas import NoiseSpec, Role, RunCreate
 from app.services.admission import admit_run
-from app.services.charging import charge_epoch, finish_run
+from app.services.charging import charge_unit, finish_run
 from app.settings import Settings, get_settings
 
 ADMIN = Principal(token_id=0, name="test", role=Role.admin, datasets=frozenset())
@@ -119,7 +119,7 @@ def make_ledger(url: str, dataset: str = "mnist") -> None:
             run = admit_run(session, body, ADMIN, dry_run=False)
         for epoch in range(2):
             with factory() as session:
-                charge_epoch(session, run.id, epoch, ADMIN)
+                charge_unit(session, run.id, epoch, ADMIN)
         with factory() as session:
             finish_run(session, run.id, ADMIN)
     finally:

@@ -1,0 +1,115 @@
+"""What would fit when the filter refuses a run: fewer epochs, or more noise.
+
+Both answers are checked against the filter itself (:func:`app.ledger.transitions.open_run` on
+the state the refusal saw), so they never overshoot: the run shortened to ``epochs`` units, or
+re-planned at ``noise_multiplier``, would have been admitted. The noise search works on constant
+schedules only (bounded work: one per-step evaluation per trial), to three significant digits,
+rounding the multiplier up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from app.errors import AppError
+from app.ledger import transitions
+from app.ledger.budget import BudgetState
+from app.ledger.costs import UnitCosts
+from app.ledger.plans import ChargeSpec, RunSpec
+from app.ledger.transitions import HoldMode, RunState
+from app.services.accounting import plan_costs
+
+#: The noise search gives up beyond this multiple of the requested noise.
+_MAX_NOISE_FACTOR = 1e4
+_NOISE_STEPS = 40
+
+
+@dataclass(frozen=True)
+class WhatFits:
+    """The largest number of units that fits as requested, and the noise that fits the plan."""
+
+    epochs: int | None
+    noise_multiplier: float | None
+
+    def sentence(self) -> str:
+        """Return the refusal's hint, e.g. '; 4 epochs would fit, or noise_multiplier 1.37'."""
+        parts = []
+        if self.epochs:
+            parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} would fit")
+        if self.noise_multiplier is not None:
+            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all epochs")
+        return "; " + ", or ".join(parts) if parts else ""
+
+
+def _fits(state: BudgetState, costs: UnitCosts, mode: HoldMode) -> bool:
+    return not transitions.open_run(state, RunState(costs=costs, mode=mode)).refused
+
+
+def _truncated(costs: UnitCosts, units: int) -> UnitCosts:
+    segments, left = [], units
+    for count, cost in costs.segments:
+        if left <= 0:
+            break
+        segments.append((min(count, left), cost))
+        left -= count
+    return UnitCosts(tuple(segments))
+
+
+def epochs_that_fit(state: BudgetState, costs: UnitCosts, mode: HoldMode) -> int:
+    """Return the largest k < units such that the first k units would be admitted (0 if none)."""
+    if mode is not HoldMode.plan:
+        return 0
+    low, high = 0, costs.units - 1  # invariant: low fits (0 trivially), high+1 does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _fits(state, _truncated(costs, middle), mode):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def noise_multiplier_that_fits(
+    state: BudgetState, spec: RunSpec, mode: HoldMode, orders: list[float]
+) -> float | None:
+    """Return the smallest constant noise multiplier (3 digits, rounded up) that fits the plan."""
+    if not spec.schedule.is_constant:
+        return None
+
+    def fits(sigma: float) -> bool:
+        trial = replace(spec, schedule=replace(spec.schedule, noise_multiplier=sigma))
+        try:
+            costs = plan_costs(trial, orders, max_noise_levels=1)
+        except AppError:
+            return False
+        return _fits(state, costs, mode)
+
+    low, high = spec.schedule.noise_multiplier, spec.schedule.noise_multiplier * _MAX_NOISE_FACTOR
+    if not fits(high):
+        return None
+    for _ in range(_NOISE_STEPS):
+        if high / low < 1.0005:
+            break
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    step = 10.0 ** (math.floor(math.log10(high)) - 2)  # three significant digits, rounded up
+    rounded = math.ceil(high / step) * step
+    for _ in range(3):  # the product may land a hair low; more noise only fits better
+        if fits(rounded):
+            return rounded
+        rounded += step
+    return None
+
+
+def what_fits(
+    state: BudgetState, spec: ChargeSpec, costs: UnitCosts, mode: HoldMode, orders: list[float]
+) -> WhatFits | None:
+    """Return what would fit a refused plan (None for kinds where neither answer applies)."""
+    if mode is HoldMode.once:
+        return None
+    epochs = epochs_that_fit(state, costs, mode)
+    noise = (
+        noise_multiplier_that_fits(state, spec, mode, orders) if isinstance(spec, RunSpec) else None
+    )
+    return WhatFits(epochs=epochs, noise_multiplier=noise)
