@@ -58,6 +58,7 @@ __all__ = [
     "LedgerEntryList",
     "LedgerEntryRead",
     "LedgerError",
+    "MaxStepsRead",
     "Mechanism",
     "NoiseMultiplierRead",
     "NoiseSpec",
@@ -97,6 +98,7 @@ class ApproxDpBudget(_Result):
     delta: float
     epsilon_spent: float
     delta_spent: float
+    epsilon_remaining: float
 
 
 class DatasetRead(_Result):
@@ -109,6 +111,8 @@ class DatasetRead(_Result):
     orders: list[float]
     weights: list[float]
     approx_dp: ApproxDpBudget
+    epsilon_spent: float | None
+    epsilon_remaining: float
     created_at: datetime
 
 
@@ -130,7 +134,8 @@ class NoiseSpec(_Result):
 class RunRead(_Result):
     """A run and where it stands (the DP-SGD fields are None for other kinds).
 
-    ``epsilon_run`` (this run's own epsilon so far) is None when the service does not send it.
+    ``epsilon_run`` is this run's own epsilon from its charges alone, at the dataset's
+    target_delta (what Opacus would print for it); None when unbounded.
     """
 
     id: int
@@ -204,6 +209,7 @@ class OrderHeadroom(_Result):
     rdp_committed: float | None
     rdp_reserved: float | None
     headroom: float | None
+    share_used: float | None
     alive: bool
 
 
@@ -216,7 +222,7 @@ class RunBudget(_Result):
     status: str
     epochs: int
     epochs_charged: int
-    epsilon_committed: float | None
+    epsilon_run: float | None
 
 
 class KindSpend(_Result):
@@ -224,7 +230,7 @@ class KindSpend(_Result):
 
     kind: str
     runs: int
-    epsilon_committed: float | None
+    epsilon_run: float | None
 
 
 class BudgetRead(_Result):
@@ -251,6 +257,14 @@ class EpsilonRead(_Result):
     order: float
     delta: float
     steps: int
+
+
+class MaxStepsRead(_Result):
+    """The most DP-SGD steps whose epsilon stays within the target, and that epsilon."""
+
+    steps: int
+    epsilon: float
+    delta: float
 
 
 class NoiseMultiplierRead(_Result):
@@ -766,6 +780,7 @@ class LedgerClient:
             raise LedgerError(
                 f"unexpected answer to {method} {path}: {exc}".splitlines()[0],
                 status=response.status_code,
+                code="invalid_response",
             ) from exc
 
     # -- health --------------------------------------------------------------------------------
@@ -928,6 +943,26 @@ class LedgerClient:
                 "steps": steps, "schedule": schedule, "decay_rate": decay_rate}  # fmt: skip
         path = "/v1/accountant/noise-multiplier"
         return self._call(NoiseMultiplierRead, "POST", path, json=body, idempotent=True)
+
+    def max_steps(
+        self,
+        *,
+        target_epsilon: float,
+        delta: float,
+        sample_rate: float,
+        noise_multiplier: float,
+        schedule: str = "constant",
+        decay_rate: float = 0.0,
+        limit: int | None = None,
+    ) -> MaxStepsRead:
+        """``POST /v1/accountant/max-steps``: the most steps whose epsilon stays within target."""
+        body: dict[str, Any] = {"target_epsilon": target_epsilon, "delta": delta,
+                                "sample_rate": sample_rate, "noise_multiplier": noise_multiplier,
+                                "schedule": schedule, "decay_rate": decay_rate}  # fmt: skip
+        if limit is not None:
+            body["limit"] = limit
+        path = "/v1/accountant/max-steps"
+        return self._call(MaxStepsRead, "POST", path, json=body, idempotent=True)
 
     # -- tokens --------------------------------------------------------------------------------
 

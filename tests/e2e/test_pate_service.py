@@ -54,7 +54,7 @@ def test_pate_job_is_charged_batch_by_batch(service, tmp_path):
     assert np.load(report["labels_path"]).shape == (50,)
     budget = service.get_budget("pate-ok")
     assert [row.kind for row in budget.by_kind] == ["pate"]
-    assert budget.by_kind[0].epsilon_committed == pytest.approx(
+    assert budget.by_kind[0].epsilon_run == pytest.approx(
         report["epsilon_data_independent"], rel=0.05
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import uuid
@@ -82,8 +83,11 @@ def test_a_run_lifecycle_through_every_read(ledger):
         assert run.noise is not None and run.noise.noise_multiplier == 1.0
         first = trainer.charge_epoch(run.id, 0)
         assert trainer.charge_epoch(run.id, 0) == first  # idempotent per (run, epoch)
-        trainer.charge_epoch(run.id, 1)
-        assert trainer.get_run(run.id).epochs_charged == 2
+        second = trainer.charge_epoch(run.id, 1)
+        after_two = trainer.get_run(run.id)
+        assert after_two.epochs_charged == 2 and after_two.epsilon_run == second.epsilon_run
+        assert 0 < first.epsilon_run < second.epsilon_run
+        assert second.epsilon_spent == trainer.get_budget("mnist").epsilon_spent
         finished = trainer.finish_run(run.id)
         assert (finished.status, finished.epochs_charged) == ("finished", 2)
         budget = trainer.get_budget("mnist")
@@ -136,16 +140,20 @@ def test_accountant_health_and_tokens(ledger):
         sigma = admin.calibrate_noise_multiplier(
             target_epsilon=eps.epsilon, delta=1e-5, sample_rate=0.01, steps=1000
         )
+        steps = admin.max_steps(
+            target_epsilon=eps.epsilon, delta=1e-5, sample_rate=0.01, noise_multiplier=1.0
+        )
         token = admin.create_token(name="v", role="viewer")
     assert eps.steps == 1000 and eps.epsilon > 0
     assert sigma.epsilon <= eps.epsilon and sigma.noise_multiplier == pytest.approx(1.0, rel=0.01)
     assert token.role == "viewer" and token.token.startswith("dpl_")
+    assert 1000 <= steps.steps < 1100 and steps.epsilon <= eps.epsilon * (1 + 1e-9)
 
 
 def test_budget_refusal_carries_the_numbers(ledger):
     with ledger.client() as admin:
-        _dataset(admin, epsilon=0.5)
-        big = DpSgd(sample_rate=0.01, epochs=50, noise_multiplier=0.8)
+        _dataset(admin, epsilon=2.0)
+        big = DpSgd(sample_rate=0.01, epochs=50, noise_multiplier=1.0)
         with pytest.raises(BudgetExceeded) as dry:
             admin.preview_run(dataset="mnist", name="big", mechanism=big)
         with pytest.raises(BudgetExceeded) as refused:
@@ -153,9 +161,22 @@ def test_budget_refusal_carries_the_numbers(ledger):
         refused_run = admin.get_run(refused.value.run_id)
     err = refused.value
     assert isinstance(err, Conflict) and (err.status, err.code) == (409, "budget_exceeded")
-    assert err.epsilon_projected > 0.5 >= err.epsilon_remaining > 0
+    assert err.epsilon_projected > 2.0 >= err.epsilon_remaining > 0
     assert dry.value.run_id is None and dry.value.epsilon_projected == err.epsilon_projected
     assert refused_run.status == "refused"
+    # What would fit, as the service says, does fit (a dry run admits it) ...
+    fits, sigma = err.epochs_that_fit, err.noise_multiplier_that_fits
+    assert 0 < fits < 50 and sigma > 1.0
+    with ledger.client() as admin:
+        shorter = dataclasses.replace(big, epochs=fits)
+        assert admin.preview_run(dataset="mnist", name="s", mechanism=shorter).admitted
+        noisier = dataclasses.replace(big, noise_multiplier=sigma)
+        assert admin.preview_run(dataset="mnist", name="n", mechanism=noisier).admitted
+        # ... and is the most that fits.
+        with pytest.raises(BudgetExceeded):
+            admin.preview_run(
+                dataset="mnist", name="s", mechanism=dataclasses.replace(big, epochs=fits + 1)
+            )
     assert "budget" in str(err) and str(err).startswith("HTTP 409 budget_exceeded: ")
 
 
@@ -196,6 +217,41 @@ def test_the_service_errors_map_to_their_classes(ledger):
         stranger.list_datasets()
     with ledger.client(ledger.trainer_token("other")) as trainer, pytest.raises(Forbidden):
         trainer.get_budget("mnist")
+
+
+def test_the_same_idempotency_key_never_registers_a_second_run(ledger):
+    with ledger.client() as admin:
+        _dataset(admin)
+        first = admin.create_run(dataset="mnist", name="r", mechanism=RUN, idempotency_key="k-1")
+        again = admin.create_run(dataset="mnist", name="r", mechanism=RUN, idempotency_key="k-1")
+        other = admin.create_run(dataset="mnist", name="r", mechanism=RUN, idempotency_key="k-2")
+        token = ledger.trainer_token("mnist")
+    with ledger.client(token) as trainer:  # keys are per token
+        theirs = trainer.create_run(dataset="mnist", name="r", mechanism=RUN, idempotency_key="k-1")
+        entries = trainer.list_ledger("mnist").items
+    assert again == first and len({first.id, other.id, theirs.id}) == 3
+    assert [e.run_id for e in entries if e.kind == "reservation"] == [first.id, other.id, theirs.id]
+
+
+def test_a_lost_answer_from_the_app_is_retried_into_the_same_run(ledger):
+    lost = []
+
+    class LoseFirstRunAnswer(httpx.BaseTransport):
+        def handle_request(self, request):
+            response = ledger.transport.handle_request(request)  # the app admits the run ...
+            if request.url.path == "/v1/runs" and not lost:
+                lost.append(response)
+                raise httpx.ReadError("connection reset by peer")  # ... the answer is lost
+            return response
+
+    with ledger.client() as admin:
+        _dataset(admin)
+    client = LedgerClient("http://dpledger.test", token=ledger.client().token,
+                          transport=LoseFirstRunAnswer(), sleep=lambda s: None)  # fmt: skip
+    run = client.create_run(dataset="mnist", name="r", mechanism=RUN)
+    assert lost[0].status_code == 201 and lost[0].json()["id"] == run.id
+    budget = client.get_budget("mnist")
+    assert [r.id for r in budget.runs] == [run.id]
 
 
 # --- the error map ------------------------------------------------------------------------------
@@ -254,9 +310,6 @@ def test_budget_exceeded_parses_the_optional_fields():
 
 # --- results against the service's schemas (drift) ----------------------------------------------
 
-#: Fields the client parses before the service sends them (issue 10); optional, default None.
-PENDING = {"RunRead": {"epsilon_run"}, "EpochChargeRead": {"epsilon_run", "epsilon_spent"}}
-
 
 def _results():
     return [
@@ -270,10 +323,7 @@ def _results():
 def test_result_fields_match_the_service_schema(name):
     ours = getattr(client_module, name).model_fields
     theirs = getattr(app.schemas, name).model_fields
-    pending = PENDING.get(name, set()) - set(theirs)
-    assert set(ours) - pending == set(theirs)
-    for field in pending:
-        assert not ours[field].is_required() and ours[field].default is None
+    assert set(ours) == set(theirs)
 
 
 def test_retry_policies_are_checked_and_the_token_never_printed():

@@ -54,7 +54,10 @@ def test_the_gate_registers_the_exact_mechanism_charges_and_finishes(ledger):
     token = _dataset(ledger)
     gate = _gate(ledger, token, reservation="epoch")
     assert gate.open(PLAN).allowed
-    assert gate.before_epoch(0).allowed and gate.before_epoch(0).allowed  # idempotent
+    charged = gate.before_epoch(0)
+    assert charged.allowed and gate.before_epoch(0) == charged  # idempotent
+    with ledger.client(token) as client:
+        assert charged.epsilon_spent == client.get_budget("mnist").epsilon_spent > 0
     gate.finish()
     with ledger.client(token) as client:
         run = client.get_run(gate.run_id)
