@@ -79,11 +79,12 @@ def test_the_gate_registers_the_exact_mechanism_charges_and_finishes(ledger):
 
 
 def test_refusals_are_decisions_with_the_services_reason(ledger):
-    token = _dataset(ledger, epsilon=0.3)
-    big = dataclasses.replace(PLAN, epochs=200)
+    token = _dataset(ledger, epsilon=2.0)
+    big = dataclasses.replace(PLAN, epochs=200, schedule=NoiseSchedule("constant", 1.2))
     refused = _gate(ledger, token).open(big)
     assert not refused.allowed and refused.reason.startswith("budget_exceeded: ")
     assert "epsilon would reach" in refused.reason
+    assert "epochs would fit; noise_multiplier " in refused.reason  # the service's what-fits
 
 
 def test_other_failures_raise_the_trainers_ledger_error(ledger):
