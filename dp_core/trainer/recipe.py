@@ -188,9 +188,13 @@ def run_training(
     distributed = launched_distributed(config)
     owns_group = distributed and _join_group()
     try:
-        gates = (gate, remote_gate)
         return _train(
-            config, on_step=on_step, on_epoch=on_epoch, gates=gates, distributed=distributed
+            config,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            gate=gate,
+            remote_gate=remote_gate,
+            distributed=distributed,
         )
     finally:
         if owns_group:
@@ -202,7 +206,8 @@ def _train(
     *,
     on_step: Callable[[StepStats], None] | None,
     on_epoch: Callable[[EpochStats], None] | None,
-    gates: tuple[BudgetGate | None, RemoteGateFactory | None],
+    gate: BudgetGate | None,
+    remote_gate: RemoteGateFactory | None,
     distributed: bool,
 ) -> dict[str, Any]:
     if config.threads is not None:
@@ -222,7 +227,7 @@ def _train(
         sample_rate=q,
         schedule=_schedule(config, q),
         delta=config.delta,
-        gate=gates[0] if gates[0] is not None else _gate(config, gates[1]),
+        gate=gate if gate is not None else _gate(config, remote_gate),
         max_physical_batch_size=config.max_physical_batch_size,
         num_microbatches=config.microbatches,
         adaptive_clipping=None

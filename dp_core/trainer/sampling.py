@@ -10,7 +10,6 @@ changing the mechanism: one noise draw and one optimizer step per logical batch.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

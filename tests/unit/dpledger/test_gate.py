@@ -8,12 +8,15 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
+import typer
 from torch import nn
 from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
 
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.budget_gate import BudgetGate, RunPlan
+from dp_core.trainer.cli import register
 from dp_core.trainer.errors import LedgerError as TrainerLedgerError
 from dp_core.trainer.loop import make_private
 from dpledger.client import LedgerClient, RetryPolicy
@@ -214,3 +217,18 @@ def test_a_resumed_run_reuses_its_run_and_pays_each_epoch_once(ledger, tmp_path)
         budget = client.get_budget("mnist")
     assert len(budget.runs) == 1 and budget.runs[0].status == "finished"
     assert [e.epoch for e in entries if e.kind == "charge"] == [0, 1, 2]
+
+
+def test_train_service_needs_dpledgers_root_command_to_build_its_gate():
+    bare = typer.Typer()
+
+    @bare.callback()
+    def root():
+        pass
+
+    register(bare)  # dp_core's train command alone: it cannot build an HTTP gate
+    args = ["train", "--no-progress", "--epochs", "1", "--noise-multiplier", "1", "--threads", "1",
+            "--service", "http://127.0.0.1:9", "--token", "t", "--dataset", "d"]  # fmt: skip
+    result = CliRunner().invoke(bare, args)
+    assert result.exit_code == 2 and "needs a ledger gate" in result.stderr
+    # `dpledger train --service` itself: tests/e2e/test_trainer_service.py (a real server).
