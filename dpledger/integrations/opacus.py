@@ -23,10 +23,11 @@ loader and ``noise_multiplier``/``max_grad_norm`` of the optimizer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from dpledger.client import BudgetExceeded, DpSgd, EpochChargeRead, LedgerClient, RunRead
 
@@ -92,6 +93,12 @@ class LedgerGate:
         name: The run's name in the ledger.
         reservation: ``plan`` reserves every epoch now (the run can't be stopped by others);
             ``epoch`` passes each epoch through the ledger when it starts.
+        idempotency_key: A key of this training job (e.g. the scheduler's job id): a script
+            restarted with the same key (and token) before it saved ``state_dict()`` gets the run
+            it registered instead of a second one.
+        state: What :meth:`state_dict` returned, saved in the script's checkpoint: the gate
+            continues those runs (nothing is registered) and ``gate.epochs(start=k)`` resumes at
+            epoch k; re-charging an epoch charged before the restart costs nothing.
 
     Raises:
         BudgetRefused: The plan does not fit the dataset's budget (nothing was trained).
@@ -110,6 +117,8 @@ class LedgerGate:
         client: LedgerClient | None = None,
         name: str = "opacus",
         reservation: str = "plan",
+        idempotency_key: str | None = None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(getattr(data_loader, "sample_rate", None), float | int):
             raise TypeError(
@@ -126,11 +135,15 @@ class LedgerGate:
         self.planned_epochs = epochs
         self.name = name
         self.reservation = reservation
+        self.idempotency_key = idempotency_key
         self._owns_client = client is None
         self.client = client or LedgerClient(service or "", token=token)
         self.segments: list[Segment] = []
         self.last_charge: EpochChargeRead | None = None
         self._finished = False
+        if state is not None:
+            self.load_state_dict(state)
+            return
         try:
             self._register(first_epoch=0)
         except BaseException:
@@ -153,15 +166,21 @@ class LedgerGate:
             sample_rate=q, steps_per_epoch=steps, epochs=self.planned_epochs - first_epoch,
             noise_multiplier=sigma, max_grad_norm=float(self.optimizer.max_grad_norm),
         )  # fmt: skip
+        key = None if self.idempotency_key is None else f"{self.idempotency_key}:{first_epoch}"
         try:
             run = self.client.create_run(
                 dataset=self.dataset, name=self.name, mechanism=mechanism,
-                reservation=self.reservation,
+                reservation=self.reservation, idempotency_key=key,
             )  # fmt: skip
         except BudgetExceeded as refusal:
             epoch = None if first_epoch == 0 else first_epoch
             raise BudgetRefused.from_refusal(refusal, epoch=epoch) from refusal
-        self.segments.append(Segment(run.id, first_epoch, q, steps, sigma))
+        # What the ledger holds for this run: a replayed key returns the run registered before,
+        # whose noise may differ from now (a restart after a noise change).
+        noise = run.noise.noise_multiplier if run.noise is not None else sigma
+        self.segments.append(
+            Segment(run.id, first_epoch, run.sample_rate or q, run.steps_per_epoch or steps, noise)
+        )
         return run
 
     @property
@@ -192,14 +211,14 @@ class LedgerGate:
         self.last_charge = charge
         return charge
 
-    def epochs(self) -> Iterator[int]:
-        """Yield 0, 1, ..., epochs - 1, charging each before it is yielded; finish at the end.
+    def epochs(self, start: int = 0) -> Iterator[int]:
+        """Yield start, ..., epochs - 1, charging each before it is yielded; finish at the end.
 
         The run is finished (its unused reservation released) also when the loop ends early:
         a refusal, an exception in the training code, or a ``break``.
         """
         try:
-            for epoch in range(self.planned_epochs):
+            for epoch in range(start, self.planned_epochs):
                 self.before_epoch(epoch)
                 yield epoch
         finally:
@@ -215,6 +234,16 @@ class LedgerGate:
         finally:
             if self._owns_client:
                 self.client.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the runs registered so far (JSON-ready), for the script's checkpoint."""
+        return {"segments": [dataclasses.asdict(segment) for segment in self.segments]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the runs of :meth:`state_dict` (a restarted script)."""
+        self.segments = [Segment(**segment) for segment in state["segments"]]
+        if not self.segments:
+            raise ValueError("the state holds no run")
 
     def __enter__(self) -> LedgerGate:
         return self

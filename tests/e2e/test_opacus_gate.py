@@ -197,3 +197,37 @@ def test_a_loader_without_poisson_sampling_is_refused(ledger):
         LedgerGate(
             optimizer=optimizer, data_loader=plain, service="http://x", dataset="d", epochs=1
         )
+
+
+def test_a_restarted_script_continues_its_runs_and_pays_each_epoch_once(ledger):
+    token = _dataset(ledger, "opacus-resume", 50.0)
+    _, model, optimizer, loader = _opacus_setup(noise_multiplier=1.5)
+    scheduler = ExponentialNoise(optimizer, gamma=0.8)
+    gate = LedgerGate(optimizer=optimizer, data_loader=loader, client=ledger.client(token),
+                      dataset="opacus-resume", epochs=4, idempotency_key="job-7")  # fmt: skip
+    again = LedgerGate(optimizer=optimizer, data_loader=loader, client=ledger.client(token),
+                       dataset="opacus-resume", epochs=4, idempotency_key="job-7")  # fmt: skip
+    assert again.run_id == gate.run_id  # a restart before the first checkpoint: the same run
+    gate.before_epoch(0)
+    _train_one_epoch(model, optimizer, loader)
+    scheduler.step()
+    gate.before_epoch(1)
+    checkpoint = {"gate": gate.state_dict(), "epoch": 1, "noise": optimizer.noise_multiplier}
+    # ... the process dies during epoch 1; the script restarts from its checkpoint:
+    _, model, optimizer, loader = _opacus_setup(noise_multiplier=checkpoint["noise"])
+    scheduler = ExponentialNoise(optimizer, gamma=0.8)
+    resumed = LedgerGate(optimizer=optimizer, data_loader=loader, client=ledger.client(token),
+                         dataset="opacus-resume", epochs=4, state=checkpoint["gate"])  # fmt: skip
+    for _epoch in resumed.epochs(start=checkpoint["epoch"]):
+        _train_one_epoch(model, optimizer, loader)
+        scheduler.step()
+
+    assert [s.first_epoch for s in resumed.segments] == [0, 1, 2, 3]
+    with ledger.client(token) as client:
+        runs = client.get_budget("opacus-resume").runs
+        charges = [(e.run_id, e.epoch) for e in client.list_ledger("opacus-resume").items
+                   if e.kind == "charge"]  # fmt: skip
+    assert [r.id for r in runs] == [s.run_id for s in resumed.segments]
+    # The run open at the crash (epoch 1's) was continued and finished: nothing stays reserved.
+    assert [(r.status, r.epochs_charged) for r in runs] == [("finished", 1)] * 4
+    assert charges == [(s.run_id, 0) for s in resumed.segments]  # epoch 1 was paid once
