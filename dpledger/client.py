@@ -60,6 +60,7 @@ __all__ = [
     "LedgerError",
     "MaxStepsRead",
     "Mechanism",
+    "NO_RETRY",
     "NoiseMultiplierRead",
     "NoiseSpec",
     "NotFound",
