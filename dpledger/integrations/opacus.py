@@ -46,7 +46,6 @@ class NoisyOptimizer(Protocol):
     """What the gate reads of Opacus' ``DPOptimizer``."""
 
     noise_multiplier: float
-    max_grad_norm: float
 
 
 class BudgetRefused(BudgetExceeded):
@@ -160,11 +159,16 @@ class LedgerGate:
             float(self.optimizer.noise_multiplier),
         )
 
+    def _max_grad_norm(self) -> float | None:
+        """The clip norm, informational for the ledger (None for per-layer clipping's list)."""
+        norm = getattr(self.optimizer, "max_grad_norm", None)
+        return float(norm) if isinstance(norm, float | int) else None
+
     def _register(self, *, first_epoch: int) -> RunRead:
         q, steps, sigma = self._executed()
         mechanism = DpSgd(
             sample_rate=q, steps_per_epoch=steps, epochs=self.planned_epochs - first_epoch,
-            noise_multiplier=sigma, max_grad_norm=float(self.optimizer.max_grad_norm),
+            noise_multiplier=sigma, max_grad_norm=self._max_grad_norm(),
         )  # fmt: skip
         key = None if self.idempotency_key is None else f"{self.idempotency_key}:{first_epoch}"
         try:

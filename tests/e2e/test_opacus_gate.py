@@ -113,7 +113,7 @@ def test_three_added_lines_register_charge_and_finish_what_opacus_runs(ledger):
         budget = client.get_budget("opacus-ok")
     assert (run.sample_rate, run.steps_per_epoch) == (loader.sample_rate, len(loader)) == (1 / 8, 8)
     assert run.noise is not None and run.noise.noise_multiplier == optimizer.noise_multiplier == 1.0
-    assert (run.status, run.epochs_charged) == ("finished", 3)
+    assert (run.status, run.epochs_charged, run.max_grad_norm) == ("finished", 3, 1.0)
     assert sum(n for _, _, n in engine.accountant.history) == 3 * len(loader)
 
     # Same RDP on Opacus' orders; same epsilon at the dataset's delta.
