@@ -339,9 +339,6 @@ class EpochChargeRead(BaseModel):
     epsilon_run: float | None = Field(
         description="The run's own epsilon after this charge (as RunRead.epsilon_run)."
     )
-    epsilon_spent: float | None = Field(
-        description="The dataset's spent epsilon after this charge (as the budget endpoint)."
-    )
 
 
 # --- ledger and budget ----------------------------------------------------------------------

@@ -37,7 +37,7 @@ def _register_all() -> None:
 
     accounting_cli.register(cli)
     # Service and trainer commands; each module imports its heavy dependencies only when run.
-    for name in ("dpledger.pate_cli", "app.cli", "dp_core.trainer.cli"):
+    for name in ("dpledger.pate_cli", "app.cli", "dp_core.trainer.cli", "dpledger.audit_cli"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as missing:

@@ -169,8 +169,8 @@ class AdmissionPreview(_Result):
 class EpochChargeRead(_Result):
     """The charge of one epoch (or PATE batch); a retry returns the same charge.
 
-    ``epsilon_run`` is the run's own epsilon after the charge, ``epsilon_spent`` the dataset's;
-    either is None when the service does not send it (or the value is unbounded).
+    ``epsilon_run`` is the run's own epsilon after the charge (as :attr:`RunRead.epsilon_run`;
+    None when unbounded). The dataset's spent epsilon is :meth:`LedgerClient.get_budget`'s.
     """
 
     run_id: int
@@ -178,7 +178,6 @@ class EpochChargeRead(_Result):
     ledger_entry_id: int
     created_at: datetime
     epsilon_run: float | None = None
-    epsilon_spent: float | None = None
 
 
 class LedgerEntryRead(_Result):

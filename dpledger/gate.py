@@ -123,8 +123,9 @@ class HttpBudgetGate:
     def before_epoch(self, epoch: int) -> GateDecision:
         """Charge ``epoch`` (``POST /v1/runs/{id}/epochs``); a budget refusal stops the run.
 
-        ``epsilon_spent`` of the decision is the dataset's spent epsilon after the charge, as the
-        service reports it (None when it does not).
+        ``epsilon_spent`` of the decision is this run's own epsilon after the charge, as the
+        service reports it (``epsilon_run``, at the dataset's target delta), as the local gate's
+        is the run's epsilon at its delta.
         """
         if self.run_id is None:
             raise RuntimeError("the gate is not open")
@@ -135,7 +136,7 @@ class HttpBudgetGate:
         except LedgerError as error:
             raise self._fail(f"charging epoch {epoch}", error) from error
         self.epochs_charged = max(self.epochs_charged, epoch + 1)
-        return GateDecision(True, "charged", charge.epsilon_spent)
+        return GateDecision(True, "charged", charge.epsilon_run)
 
     def finish(self) -> None:
         """Release the reservation of epochs never started (``POST /v1/runs/{id}/finish``).

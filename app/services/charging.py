@@ -17,8 +17,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_transaction
 from app.errors import NotFoundError
-from app.ledger import budget, quanta, transitions
-from app.ledger.budget import BudgetState
+from app.ledger import quanta, transitions
 from app.ledger.costs import UnitCosts
 from app.ledger.transitions import EntryKind
 from app.models import ApiToken, Dataset, LedgerEntry, Run
@@ -99,11 +98,6 @@ def _epsilon_run(dataset: Dataset, costs: UnitCosts, charged: int) -> float | No
     return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
 
 
-def _spent(state: BudgetState, dataset: Dataset) -> float | None:
-    value = budget.epsilon_spent(state) + dataset.approx_epsilon_spent
-    return None if value == float("inf") else value
-
-
 def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) -> EpochChargeRead:
     entry = session.scalar(
         select(LedgerEntry).where(
@@ -120,7 +114,6 @@ def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) ->
         ledger_entry_id=entry.id,
         created_at=entry.created_at,
         epsilon_run=_epsilon_run(locked.dataset, costs, unit + 1),
-        epsilon_spent=_spent(budget_state(locked.dataset), locked.dataset),
     )
 
 
@@ -192,7 +185,6 @@ def charge_unit(
         ledger_entry_id=entry_id,
         created_at=created_at,
         epsilon_run=_epsilon_run(dataset, costs, unit + 1),
-        epsilon_spent=_spent(step.budget, dataset),
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import read_transaction
+from app.ledger import quanta
 from app.models import LedgerEntry, Run
 from app.services.datasets import find_dataset
 
@@ -24,7 +25,8 @@ BATCH_SIZE = 1000
 
 
 def _rdp_json(values: Any) -> list[float | None]:
-    return [None if math.isinf(v) else float(v) for v in values]
+    """The entry's exact cost as floats, each rounded up (null for +inf), as the API shows it."""
+    return [None if math.isinf(v) else float(v) for v in quanta.to_floats_up(values)]
 
 
 def export_ledger(session: Session, name: str, write: Callable[[str], object]) -> int:

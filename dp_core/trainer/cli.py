@@ -69,10 +69,15 @@ def _progress_callbacks() -> tuple[Any, Any, Any]:
 def train(
     ctx: typer.Context,
     data: Annotated[
-        str, typer.Option(help="'digits' (scikit-learn's) or 'mnist:DIR' (IDX files).")
+        str,
+        typer.Option(
+            help="'digits' (scikit-learn's), 'mnist:DIR' or 'fashion-mnist:DIR' (IDX files), "
+            "'cifar10:DIR' (python batches). Nothing is downloaded."
+        ),
     ] = "digits",
     model: Annotated[
-        str, typer.Option(help="mlp or cnn (the TF Privacy tutorial CNN, 28x28 only).")
+        str,
+        typer.Option(help="mlp, cnn (TF Privacy's tutorial CNN, 28x28) or vgg (GroupNorm, 32x32)."),
     ] = "mlp",
     epochs: Annotated[int, typer.Option(min=1, help="Planned epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Expected (Poisson) batch size qN.")] = 256,
@@ -118,6 +123,21 @@ def train(
     engine: Annotated[str, typer.Option(help="auto, bookkeeping or func.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of data split, init, sampling, noise.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    max_records_per_individual: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="K: the most records one person may have. Exact duplicate records are refused "
+            "unless declared; the run is then accounted with group privacy for K.",
+        ),
+    ] = None,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="'balanced' or comma-separated per-class weights: a class-weighted loss (each "
+            "example weighted, then clipped), the DP-safe alternative to SMOTE/oversampling."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     distributed: Annotated[
         bool | None,
@@ -145,6 +165,7 @@ def train(
         budget_epsilon=budget_epsilon, max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
         distributed=distributed,
+        max_records_per_individual=max_records_per_individual, class_weights=class_weights,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"
     try:

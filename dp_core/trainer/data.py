@@ -1,13 +1,23 @@
-"""Bundled data for the CLI: scikit-learn's digits and MNIST from IDX files the user has.
+"""Data for the CLI: digits, and MNIST, Fashion-MNIST and CIFAR-10 from the user's files.
+
+Nothing is ever downloaded: a missing directory's error says where to get the files.
 
 IDX (LeCun et al., "The MNIST database"): a big-endian header of magic number (0x0000, a type
 code, the number of dimensions), then one uint32 per dimension, then the raw data. Files may be
-gzip-compressed (``.gz``).
+gzip-compressed (``.gz``). Fashion-MNIST (Xiao et al. 2017) uses the same files and names.
+
+CIFAR-10 "python version" (Krizhevsky 2009): ``data_batch_1`` .. ``data_batch_5`` and
+``test_batch``, each a pickled dict with ``data`` (10000 x 3072 uint8, channel-major 3x32x32)
+and ``labels``. They are read with a restricted unpickler that only builds dicts, lists, bytes
+and numpy arrays, so a hostile file cannot run code.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib
+import io
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +28,28 @@ from torch.utils.data import TensorDataset
 
 from dp_core.errors import InvalidParameterError
 
-__all__ = ["TrainTestData", "load_data", "load_digits_data", "load_mnist_dir", "read_idx"]
+__all__ = [
+    "DATA_SPECS",
+    "TrainTestData",
+    "load_cifar10_dir",
+    "load_data",
+    "load_digits_data",
+    "load_mnist_dir",
+    "read_cifar_batch",
+    "read_idx",
+]
+
+DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR")
+
+_HOW_TO_GET = {
+    "mnist": "the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from https://yann.lecun.com/exdb/mnist/ "
+    "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "the four IDX files (train-images-idx3-ubyte.gz, ... t10k-labels-idx1-ubyte.gz) "
+    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+    "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
+    "extracted (the cifar-10-batches-py folder)",
+}
 
 _IDX_TYPES: dict[int, str] = {
     0x08: "u1",
@@ -38,6 +69,7 @@ class TrainTestData:
     test: TensorDataset
     image_size: int
     num_classes: int
+    channels: int = 1
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -61,7 +93,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-def _find(directory: Path, stem: str) -> Path:
+def _find(directory: Path, stem: str, kind: str = "mnist") -> Path:
     for name in (
         stem,
         f"{stem}.gz",
@@ -70,26 +102,35 @@ def _find(directory: Path, stem: str) -> Path:
     ):
         if (directory / name).is_file():
             return directory / name
-    raise InvalidParameterError("data", f"mnist:{directory}", f"has no {stem}[.gz]")
+    raise InvalidParameterError(
+        "data", f"{kind}:{directory}", f"has no {stem}[.gz]; it needs {_HOW_TO_GET[kind]}"
+    )
 
 
-def _images(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+def _images(directory: Path, prefix: str, kind: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte", kind))
+    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte", kind))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise InvalidParameterError(
-            "data", f"mnist:{directory}", f"{prefix} images and labels do not match"
+            "data", f"{kind}:{directory}", f"{prefix} images and labels do not match"
         )
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def load_mnist_dir(directory: Path) -> TrainTestData:
-    """Load MNIST from ``train-*`` and ``t10k-*`` IDX files in ``directory``."""
+def _directory(kind: str, directory: Path) -> Path:
     if not directory.is_dir():
-        raise InvalidParameterError("data", f"mnist:{directory}", "is not a directory")
-    x_train, y_train = _images(directory, "train")
-    x_test, y_test = _images(directory, "t10k")
+        raise InvalidParameterError(
+            "data", f"{kind}:{directory}", f"is not a directory; download {_HOW_TO_GET[kind]}"
+        )
+    return directory
+
+
+def load_mnist_dir(directory: Path, *, kind: str = "mnist") -> TrainTestData:
+    """Load MNIST (or Fashion-MNIST, ``kind``) from ``train-*`` and ``t10k-*`` IDX files."""
+    _directory(kind, directory)
+    x_train, y_train = _images(directory, "train", kind)
+    x_test, y_test = _images(directory, "t10k", kind)
     classes = int(max(y_train.max(), y_test.max())) + 1
     return TrainTestData(
         TensorDataset(x_train, y_train), TensorDataset(x_test, y_test), x_train.shape[-1], classes
@@ -111,14 +152,104 @@ def load_digits_data(*, seed: int = 0, test_fraction: float = 0.2) -> TrainTestD
     return TrainTestData(train, test, 8, 10)
 
 
-def load_data(spec: str, *, seed: int = 0) -> TrainTestData:
-    """Load ``digits`` or ``mnist:DIR``.
+def _multiarray(name: str) -> object:
+    # numpy 2 moved numpy.core to numpy._core; importing the old name warns, so resolve here.
+    try:
+        module = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 2
+        module = importlib.import_module("numpy.core.multiarray")
+    return getattr(module, name)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only containers, bytes and numpy arrays (what CIFAR-10's batches hold)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
+            "_reconstruct",
+            "scalar",
+        ):
+            return _multiarray(name)
+        if (module, name) in {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 python batch into (N x 3 x 32 x 32 uint8 images, N int64 labels).
 
     Raises:
-        InvalidParameterError: for any other spec or malformed files.
+        InvalidParameterError: if the file is not a CIFAR-10 batch (or holds anything else).
+    """
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as error:
+        raise InvalidParameterError(
+            "data", str(path), f"is not a CIFAR-10 python batch ({error})"
+        ) from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise InvalidParameterError("data", str(path), "has no 'data' and 'labels' entries")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
+        raise InvalidParameterError(
+            "data", str(path), f"data {data.shape} and labels {labels.shape} are not N x 3072, N"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10_dir(directory: Path) -> TrainTestData:
+    """Load CIFAR-10 from ``data_batch_1..5`` and ``test_batch`` (or a cifar-10-batches-py child)."""
+    _directory("cifar10", directory)
+    if not (directory / "test_batch").is_file() and (directory / "cifar-10-batches-py").is_dir():
+        directory = directory / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise InvalidParameterError(
+            "data",
+            f"cifar10:{directory}",
+            f"has no {', '.join(missing)}; it needs {_HOW_TO_GET['cifar10']}",
+        )
+    parts = [read_cifar_batch(directory / n) for n in names]
+    x_train = np.concatenate([x for x, _ in parts[:5]])
+    y_train = np.concatenate([y for _, y in parts[:5]])
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y))
+
+    classes = int(max(y_train.max(), parts[5][1].max())) + 1
+    return TrainTestData(tensors(x_train, y_train), tensors(*parts[5]), 32, classes, channels=3)
+
+
+_LOADERS = {
+    "mnist": lambda d: load_mnist_dir(d, kind="mnist"),
+    "fashion-mnist": lambda d: load_mnist_dir(d, kind="fashion-mnist"),
+    "cifar10": load_cifar10_dir,
+}
+
+
+def load_data(spec: str, *, seed: int = 0) -> TrainTestData:
+    """Load ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR`` or ``cifar10:DIR``.
+
+    Raises:
+        InvalidParameterError: for any other spec, a missing directory (the message says where
+            to get the files: nothing is downloaded), or malformed files.
     """
     if spec == "digits":
         return load_digits_data(seed=seed)
-    if spec.startswith("mnist:") and len(spec) > len("mnist:"):
-        return load_mnist_dir(Path(spec[len("mnist:") :]).expanduser())
-    raise InvalidParameterError("data", spec, "must be 'digits' or 'mnist:DIR'")
+    kind, _, directory = spec.partition(":")
+    if kind in _LOADERS:
+        if not directory:
+            raise InvalidParameterError(
+                "data", spec, f"give {kind}:DIR, a directory holding {_HOW_TO_GET[kind]}"
+            )
+        return _LOADERS[kind](Path(directory).expanduser())
+    raise InvalidParameterError("data", spec, f"must be one of {', '.join(DATA_SPECS)}")

@@ -55,6 +55,7 @@ from dp_core.trainer.distributed import (
     sampling_seed,
     shard_indices,
 )
+from dp_core.trainer.guards import check_training_data
 from dp_core.trainer.noise import add_noise
 from dp_core.trainer.per_sample import LossFn, check_model_supported
 from dp_core.trainer.sampling import poisson_batch, split_physical, steps_per_epoch
@@ -195,6 +196,7 @@ class DPTrainer:
         name: str = "dp-sgd",
         distributed: bool | None = None,
         dataset_is_shard: bool = False,
+        max_records_per_individual: int | None = None,
     ) -> None:
         """Wrap a model and optimizer for DP-SGD (see the module docstring for an example).
 
@@ -227,8 +229,15 @@ class DPTrainer:
                 ``gate`` is asked.
             dataset_is_shard: When distributed, ``dataset`` is this rank's own shard; by default
                 it is the whole dataset on every rank and rank r trains on examples r, r + W, ...
+            max_records_per_individual: K, the most records one individual may have; exact
+                duplicate records are refused unless K is declared, and resampled (SMOTE) data
+                always (see :mod:`dp_core.trainer.guards`). ``epsilon`` stays per record: use
+                :func:`~dp_core.trainer.guards.group_epsilon` for the group of K.
         """
         check_model_supported(model)
+        self.group_size = check_training_data(
+            dataset, max_records_per_individual=max_records_per_individual
+        )
         self.model, self.optimizer, self.dataset, self.loss_fn = model, optimizer, dataset, loss_fn
         self.dist = detect_context(distributed)
         if self.dist is not None and num_microbatches is not None:

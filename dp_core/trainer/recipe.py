@@ -23,6 +23,12 @@ from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
 from dp_core.trainer.budget_gate import BudgetGate, LocalBudgetGate, RemoteGateFactory
 from dp_core.trainer.data import load_data
+from dp_core.trainer.guards import (
+    calibrate_group_noise_multiplier,
+    class_weighted_loss,
+    group_epsilon,
+    parse_class_weights,
+)
 from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
 from dp_core.trainer.models import build_model
 from dp_core.trainer.sampling import steps_per_epoch
@@ -68,6 +74,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     distributed: bool | None = None
+    max_records_per_individual: int | None = None
+    class_weights: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -105,6 +113,17 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
             "give exactly one of --noise-multiplier or --target-epsilon",
         )
     sigma = config.noise_multiplier
+    if sigma is None and (config.max_records_per_individual or 1) > 1:
+        assert config.target_epsilon is not None  # calibrate the group epsilon of K records
+        sigma = calibrate_group_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            sample_rate=sample_rate,
+            steps=config.epochs * steps_per_epoch(sample_rate),
+            group_size=config.max_records_per_individual or 1,
+            schedule=config.schedule,
+            decay_rate=config.decay_rate,
+        )
     if sigma is None:
         assert config.target_epsilon is not None
         sigma = dp_core.calibrate_noise_multiplier(
@@ -144,6 +163,32 @@ def _gate(config: TrainConfig, remote_gate: RemoteGateFactory | None) -> BudgetG
         )
     budget = config.budget_epsilon if config.budget_epsilon is not None else config.target_epsilon
     return None if budget is None else LocalBudgetGate(target_epsilon=budget, delta=config.delta)
+
+
+def _loss(config: TrainConfig, labels: torch.Tensor, num_classes: int) -> Any:
+    """Cross-entropy, class-weighted per example with ``--class-weights`` (see guards)."""
+    if config.class_weights is None:
+        return F.cross_entropy
+    return class_weighted_loss(parse_class_weights(config.class_weights, labels, num_classes))
+
+
+def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
+    """Refuse a grouped run whose planned group epsilon exceeds the local budget."""
+    budget = config.budget_epsilon if config.budget_epsilon is not None else config.target_epsilon
+    if budget is None:
+        return
+    planned = group_epsilon(
+        trainer.plan.mechanism(0, trainer.plan.epochs),
+        delta=config.delta,
+        group_size=trainer.group_size,
+    )
+    if planned > budget:
+        raise InvalidParameterError(
+            "max_records_per_individual",
+            trainer.group_size,
+            f"group privacy for K={trainer.group_size} makes the plan's epsilon {planned:.3f} > "
+            f"budget {budget:g}; raise --noise-multiplier or train fewer epochs",
+        )
 
 
 def launched_distributed(config: TrainConfig) -> bool:
@@ -214,14 +259,27 @@ def _train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     data = load_data(config.data, seed=config.seed)
-    model = build_model(config.model, image_size=data.image_size, num_classes=data.num_classes)
+    model = build_model(
+        config.model,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        channels=data.channels,
+    )
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
     q = config.batch_size / len(data.train)
+    grouped = (config.max_records_per_individual or 1) > 1
+    if grouped and config.service is not None:
+        raise InvalidParameterError(
+            "max_records_per_individual",
+            config.max_records_per_individual,
+            "the ledger does not charge group privacy yet: deduplicate, or train locally",
+        )
     trainer = DPTrainer(
         model,
         optimizer,
         data.train,
-        loss_fn=F.cross_entropy,
+        loss_fn=_loss(config, data.train.tensors[1], data.num_classes),
+        max_records_per_individual=config.max_records_per_individual,
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
         sample_rate=q,
@@ -239,15 +297,25 @@ def _train(
         name=f"dpledger-train-{config.model}-{config.data.split(':')[0]}",
         distributed=distributed,
     )
+    if grouped:  # the local budget applies to the group of K: check the whole plan up front
+        _check_group_budget(config, trainer)
     trainer.resume()
     result = trainer.fit(on_step=on_step, on_epoch=on_epoch)
     test_loss, test_accuracy = evaluate(model, data.test)
     last = result.history[-1] if result.history else {}
+    group = group_epsilon(
+        trainer.plan.mechanism(0, result.epochs_completed),
+        delta=config.delta,
+        group_size=trainer.group_size,
+    )
     return {
         "epochs_completed": result.epochs_completed,
         "epochs_planned": trainer.plan.epochs,
         "stop_reason": result.stop_reason,
-        "epsilon": result.epsilon,
+        "epsilon": group if grouped and result.epochs_completed else result.epsilon,
+        "epsilon_per_record": result.epsilon,
+        "max_records_per_individual": trainer.group_size,
+        "class_weights": config.class_weights,
         "delta": result.delta,
         "noise_multiplier": trainer.plan.schedule.noise_multiplier,
         "sample_rate": trainer.plan.sample_rate,

@@ -15,6 +15,7 @@ Create Date: 2026-11-29
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import sqlalchemy as sa
@@ -131,5 +132,59 @@ def upgrade() -> None:
         batch.drop_column("epochs_charged")
 
 
+def _float(value: int | None, *, up: bool) -> float | None:
+    if value is None:
+        return None
+    nearest = value / (1 << _SCALE_BITS)
+    exact = Fraction(value, 1 << _SCALE_BITS)
+    if up and Fraction(nearest) < exact:
+        return math.nextafter(nearest, math.inf)
+    if not up and Fraction(nearest) > exact:
+        return math.nextafter(nearest, -math.inf)
+    return nearest
+
+
 def downgrade() -> None:
-    raise NotImplementedError("the exact ledger cannot be turned back into rounded floats")
+    """Back to rounded floats (costs and sums up, capacities down) and a stored charged count."""
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("epochs_charged", sa.Integer(), nullable=False, server_default="0"))
+    connection = op.get_bind()
+    datasets, runs, entries = _tables()
+    ledger = sa.table(
+        "ledger_entries",
+        sa.column("run_id", sa.Integer()),
+        sa.column("kind", sa.String()),
+        sa.column("epoch", sa.Integer()),
+    )
+    last = connection.execute(
+        sa.select(ledger.c.run_id, sa.func.max(ledger.c.epoch))
+        .where(ledger.c.kind == "charge")
+        .group_by(ledger.c.run_id)
+    ).all()
+    for run_id, epoch in last:
+        connection.execute(runs.update().where(runs.c.id == run_id).values(epochs_charged=epoch + 1))
+        connection.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status == "admitted")
+            .values(status="running")
+        )
+    for row in connection.execute(sa.select(entries.c.id, entries.c.rdp)).all():
+        connection.execute(
+            entries.update()
+            .where(entries.c.id == row.id)
+            .values(rdp=[_float(v, up=True) for v in row.rdp])
+        )
+    for row in connection.execute(sa.select(datasets)).all():
+        connection.execute(
+            datasets.update()
+            .where(datasets.c.id == row.id)
+            .values(
+                capacity=[_float(v, up=False) for v in row.capacity],
+                rdp_reserved=[_float(v, up=True) for v in row.rdp_reserved],
+                rdp_committed=[_float(v, up=True) for v in row.rdp_committed],
+            )
+        )
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_constraint("uq_runs_idempotency_key", type_="unique")
+        batch.drop_column("idempotency_key")
+        batch.drop_column("costs")

@@ -159,7 +159,7 @@ def _check_dataset_page(page: Any, api: httpx.Client) -> None:
         assert page.locator(f"{row} [data-field=epochs_charged]").inner_text() == str(
             run["epochs_charged"]
         )
-        assert _value(page, f"{row} [data-field=epsilon_committed]") == run["epsilon_committed"]
+        assert _value(page, f"{row} [data-field=epsilon_run]") == run["epsilon_run"]
     headroom = page.locator("#orders [data-field=headroom]").evaluate_all(
         "cells => cells.map(c => c.dataset.value === 'null' ? null : Number(c.dataset.value))"
     )

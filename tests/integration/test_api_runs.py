@@ -123,7 +123,9 @@ async def test_refuses_exactly_where_the_rule_says(client, database_url):
     budget = (await client.get("/v1/datasets/mnist/budget")).json()
     assert [r["alive"] for r in budget["orders"]] == alive.tolist()
     admitted = sum(got)
-    assert_charged([r["rdp_reserved"] for r in budget["orders"]], admitted * exact_x, units=admitted)
+    assert_charged(
+        [r["rdp_reserved"] for r in budget["orders"]], admitted * exact_x, units=admitted
+    )
 
 
 async def test_release_never_revives_an_order(client):

@@ -235,8 +235,8 @@ async def test_numbers_equal_the_budget_endpoint(client):
     page = (await client.get("/dashboard/datasets/mnist")).text
     for field in ("epsilon_spent", "epsilon_reserved", "epsilon_remaining", "epsilon_non_adaptive"):
         assert _values(page, field) == [budget[field]], field
-    assert _values(page, "epsilon_committed") == [
-        r["epsilon_committed"] for r in budget["by_kind"] + budget["runs"]
+    assert _values(page, "epsilon_run") == [
+        r["epsilon_run"] for r in budget["by_kind"] + budget["runs"]
     ]
     assert _values(page, "headroom") == [o["headroom"] for o in budget["orders"]]
 
@@ -253,8 +253,8 @@ async def test_numbers_equal_the_budget_endpoint(client):
     assert re.findall(r'data-field="runs">(\d+)<', overview) == ["0", "2"]
 
     run_page = (await client.get(f"/dashboard/runs/{first['id']}")).text
-    assert _values(run_page, "epsilon_committed") == [budget["runs"][0]["epsilon_committed"]]
-    assert _values(run_page, "epsilon_after")[-1] == budget["runs"][0]["epsilon_committed"]
+    assert _values(run_page, "epsilon_run") == [budget["runs"][0]["epsilon_run"]]
+    assert _values(run_page, "epsilon_after")[-1] == budget["runs"][0]["epsilon_run"]
     curve = _chart(run_page, "run-chart")["datasets"]
     assert [len(series["data"]) for series in curve] == [12, 12]
 
@@ -342,9 +342,9 @@ async def test_spend_by_mechanism_kind_equals_the_budget_endpoint(client):
             "gaussian_release",
         ]
     )
-    per_kind = [row["epsilon_committed"] for row in budget["by_kind"]]
-    per_run = [row["epsilon_committed"] for row in budget["runs"]]
-    assert _values(page, "epsilon_committed") == per_kind + per_run
+    per_kind = [row["epsilon_run"] for row in budget["by_kind"]]
+    per_run = [row["epsilon_run"] for row in budget["runs"]]
+    assert _values(page, "epsilon_run") == per_kind + per_run
     assert re.findall(r'data-field="kind">([a-z_]+)<', page) == [
         "dp_sgd",
         "pate",

@@ -13,7 +13,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
+from dp_core.conversion import rdp_to_epsilon
 from dp_core.errors import InvalidParameterError
+from dp_core.rdp.compose import compute_rdp
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.budget_gate import BudgetGate, RunPlan
 from dp_core.trainer.cli import register
@@ -60,7 +62,12 @@ def test_the_gate_registers_the_exact_mechanism_charges_and_finishes(ledger):
     charged = gate.before_epoch(0)
     assert charged.allowed and gate.before_epoch(0) == charged  # idempotent
     with ledger.client(token) as client:
-        assert charged.epsilon_spent == client.get_budget("mnist").epsilon_spent > 0
+        assert charged.epsilon_spent == client.get_run(gate.run_id).epsilon_run > 0
+        orders = client.get_dataset("mnist").orders
+    # The run's own epsilon: epoch 0 alone, on the dataset's orders (up to the ledger's margin).
+    rdp = compute_rdp(PLAN.epoch_mechanism(0), orders)
+    own = rdp_to_epsilon(orders=orders, rdp=rdp, delta=1e-5, warn=False).epsilon
+    assert own <= charged.epsilon_spent <= own * (1 + 2e-6)
     gate.finish()
     with ledger.client(token) as client:
         run = client.get_run(gate.run_id)

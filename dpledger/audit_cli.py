@@ -1,0 +1,91 @@
+"""The `dpledger audit` command: a one-run empirical privacy audit of a DP-SGD run.
+
+Trains once with m canaries (Steinke, Nasr & Jagielski 2023) and prints the run's theoretical
+epsilon beside the empirical lower bound, plus a loss-threshold membership-inference report.
+torch is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from dp_core.errors import DpCoreError
+
+
+def _human(summary: dict[str, Any]) -> str:
+    theory = summary["epsilon_theoretical"]
+    mia = summary["membership_inference"]
+    tprs = "  ".join(f"TPR@FPR {k}: {v:.4f}" for k, v in mia["tpr_at_fpr"].items())
+    return "\n".join(
+        [
+            f"epsilon (theoretical, delta={summary['delta']:g}): "
+            + ("none (non-private run)" if theory is None else f"{theory:.4f}"),
+            f"epsilon lower bound (one-run audit, {summary['confidence']:.0%} confidence): "
+            f"{summary['epsilon_lower_bound']:.4f}",
+            f"canaries: {summary['canaries']} {summary['canary_kind']} "
+            f"({summary['canaries_included']} trained on); "
+            f"{summary['correct_guesses']}/{summary['guesses']} guesses correct",
+            f"membership inference (loss threshold, {mia['members']} train vs "
+            f"{mia['non_members']} held out): AUC {mia['auc']:.4f}  {tprs}",
+            f"test accuracy: {summary['test_accuracy']:.4f}",
+        ]
+    )
+
+
+def audit(
+    data: Annotated[
+        str,
+        typer.Option(help="'digits', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'."),
+    ] = "digits",
+    model: Annotated[str, typer.Option(help="mlp, cnn (28x28) or vgg (CIFAR-10).")] = "mlp",
+    canaries: Annotated[int, typer.Option(min=2, help="m, canaries each in w.p. 1/2.")] = 256,
+    canary_kind: Annotated[
+        str,
+        typer.Option(
+            help="gradient (white-box Dirac gradient canaries, last iterate) or input "
+            "(black-box: random images with random labels, scored by their loss)."
+        ),
+    ] = "gradient",
+    noise_multiplier: Annotated[float | None, typer.Option(help="sigma.")] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Calibrate sigma to this epsilon.")
+    ] = None,
+    non_private: Annotated[
+        bool,
+        typer.Option(
+            help="No clipping, no noise: the positive control (the audit must find leakage)."
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Expected batch size qN.")] = 256,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1.0,
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, adam or adagrad.")] = "sgd",
+    max_grad_norm: Annotated[float, typer.Option(help="Per-example clip norm C.")] = 1.0,
+    delta: Annotated[float, typer.Option(help="delta of both epsilons.")] = 1e-5,
+    confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of canaries, split, init, sampling, noise.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Audit a DP-SGD run in one training run: theoretical epsilon vs empirical lower bound."""
+    try:
+        from dp_core.trainer.audit import AuditConfig, run_audit
+
+        config = AuditConfig(
+            data=data, model=model, canaries=canaries, epochs=epochs, batch_size=batch_size,
+            lr=lr, optimizer=optimizer, noise_multiplier=noise_multiplier,
+            target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
+            confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
+        )  # fmt: skip
+        summary = run_audit(config).to_dict()
+    except DpCoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary) if as_json else _human(summary))
+
+
+def register(cli: typer.Typer) -> None:
+    """Add ``audit`` to the root ``dpledger`` command."""
+    cli.command("audit")(audit)
