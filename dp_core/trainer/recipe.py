@@ -21,7 +21,13 @@ import dp_core
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
-from dp_core.trainer.budget_gate import BudgetGate, LocalBudgetGate, RemoteGateFactory
+from dp_core.trainer.budget_gate import (
+    BudgetGate,
+    GateDecision,
+    LocalBudgetGate,
+    RemoteGateFactory,
+    RunPlan,
+)
 from dp_core.trainer.data import load_data
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
@@ -137,6 +143,33 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
     return NoiseSchedule(config.schedule, sigma, config.decay_rate)
 
 
+class _NoRemoteGate:
+    """Stands in for the service's gate when nobody gave a builder (dp_core's CLI alone).
+
+    It refuses to open, so the run's own checks (data guards, plan) still speak first.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def open(self, plan: RunPlan) -> GateDecision:
+        raise InvalidParameterError(
+            "service", self.service, "needs a ledger gate: run it as `dpledger train`"
+        )
+
+    def before_epoch(self, epoch: int) -> GateDecision:
+        raise RuntimeError("the gate is not open")
+
+    def finish(self) -> None:
+        """Nothing was registered."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "none"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
 def _gate(config: TrainConfig, remote_gate: RemoteGateFactory | None) -> BudgetGate | None:
     if config.service is not None:
         if not config.token or not config.dataset:
@@ -152,9 +185,7 @@ def _gate(config: TrainConfig, remote_gate: RemoteGateFactory | None) -> BudgetG
         if config.reserve not in ("plan", "epoch"):
             raise InvalidParameterError("reservation", config.reserve, "one of 'plan' or 'epoch'")
         if remote_gate is None:
-            raise InvalidParameterError(
-                "service", config.service, "needs a ledger gate: run it as `dpledger train`"
-            )
+            return _NoRemoteGate(config.service)
         return remote_gate(
             base_url=config.service,
             token=config.token,
