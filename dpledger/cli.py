@@ -7,7 +7,17 @@ and `train` (`dp_core.trainer.cli.register`, which imports torch only when it ru
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+
+
+def _http_gate(*, base_url: str, token: str, dataset: str, reservation: str) -> Any:
+    """Build the trainer's ledger gate (imported when ``train --service`` runs, not before)."""
+    from dpledger.gate import http_gate
+
+    return http_gate(base_url=base_url, token=token, dataset=dataset, reservation=reservation)
+
 
 cli = typer.Typer(
     name="dpledger",
@@ -15,6 +25,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # `train --service` builds its ledger gate with this (dp_core never imports dpledger).
+    context_settings={"obj": {"remote_gate": _http_gate}},
 )
 
 

@@ -10,13 +10,13 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import typer
@@ -25,6 +25,7 @@ from dp_core import DpCoreError, aggregate_votes, analyze_votes, pate_mechanism
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import validate_votes, votes_from_predictions
+from dpledger.client import BudgetExceeded, LedgerClient, LedgerError, Pate
 
 
 def _load_array(option: str, path: Path) -> npt.NDArray[Any]:
@@ -122,45 +123,57 @@ def save_labels(labels: npt.NDArray[np.int64], out: Path) -> Path:
 
 
 class LedgerRefusal(Exception):
-    """The ledger service refused the PATE job up front (budget exceeded or not allowed)."""
+    """The ledger service refused the PATE job up front: it does not fit the dataset's budget."""
 
 
-def _ledger_error(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return f"{body.get('code', 'http_error')}: {body.get('message', '')}"
-    except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}"
+def refusal_message(refusal: BudgetExceeded, *, dataset: str) -> str:
+    """Return the one line saying that (and by how much) the ledger refused."""
+    projected = refusal.epsilon_projected
+    remaining = refusal.epsilon_remaining
+    needs = "unbounded" if projected is None else f"{projected:.6g}"
+    left = "" if remaining is None else f", {remaining:.6g} remaining"
+    fits = refusal.epochs_that_fit
+    hint = "" if fits is None else f"; {fits} batches would fit"
+    return (
+        f"refused: budget_exceeded: epsilon of {dataset!r} would reach {needs}{left}{hint}"
+        f" ({refusal.message})"
+    )
 
 
 def charge_pate_job(
-    client: httpx.Client,
+    client: LedgerClient,
     *,
     dataset: str,
     name: str,
-    mechanism: dict[str, Any],
+    mechanism: Pate,
     batches: int,
 ) -> tuple[int, int, str]:
     """Register a PATE job with the ledger and charge its batches in turn, before answering them.
 
     Returns the run id, how many batches were charged (their queries may be answered), and why
     charging stopped (``completed`` or the ledger's refusal). Raises :class:`LedgerRefusal` when
-    the job is refused up front, and ``httpx.HTTPError`` subclasses on transport failures.
+    the job is refused up front, and the client's :class:`LedgerError` on any other failure (the
+    job is then finished, so its unused reservation is released, when the ledger still answers).
     """
-    response = client.post("/v1/runs", json={"dataset": dataset, "name": name,
-                                             "mechanism": mechanism})  # fmt: skip
-    if response.status_code != 201:
-        raise LedgerRefusal(f"refused: {_ledger_error(response)}")
-    run_id = int(response.json()["id"])
+    try:
+        run = client.create_run(dataset=dataset, name=name, mechanism=mechanism)
+    except BudgetExceeded as refusal:
+        raise LedgerRefusal(refusal_message(refusal, dataset=dataset)) from refusal
     charged, reason = 0, "completed"
-    for batch in range(batches):
-        charge = client.post(f"/v1/runs/{run_id}/batches", json={"batch": batch})
-        if charge.status_code != 200:
-            reason = f"refused: {_ledger_error(charge)}"
-            break
-        charged += 1
-    client.post(f"/v1/runs/{run_id}/finish")
-    return run_id, charged, reason
+    try:
+        for batch in range(batches):
+            try:
+                client.charge_batch(run.id, batch)
+            except BudgetExceeded as refusal:
+                reason = refusal_message(refusal, dataset=dataset)
+                break
+            charged += 1
+    except LedgerError:
+        with contextlib.suppress(LedgerError):
+            client.finish_run(run.id)
+        raise
+    client.finish_run(run.id)
+    return run.id, charged, reason
 
 
 def _charged_queries(
@@ -180,10 +193,10 @@ def _charged_queries(
     size = queries if batch_size is None else batch_size
     if size < 1:
         raise InvalidParameterError("batch_size", size, "must be a positive integer")
-    mechanism = {"kind": "pate", "aggregator": aggregator, "noise_multiplier": noise_multiplier,
-                 "queries": queries, "batch_size": size}  # fmt: skip
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=service, headers=headers, timeout=30.0) as client:
+    kind = cast(Literal["gnmax", "lnmax"], aggregator)  # checked by pate_mechanism before
+    mechanism = Pate(aggregator=kind, noise_multiplier=noise_multiplier, queries=queries,
+                     batch_size=size)  # fmt: skip
+    with LedgerClient(service, token=token) as client:
         run_id, charged, reason = charge_pate_job(
             client, dataset=dataset, name="pate", mechanism=mechanism,
             batches=-(-queries // size),
@@ -191,6 +204,10 @@ def _charged_queries(
     answered = min(queries, charged * size)
     return counts[:answered], {"run_id": run_id, "batches_charged": charged,
                                "queries_answered": answered, "stop_reason": reason}  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _default_out(votes: Path | None, predictions: Path | None) -> Path:
@@ -280,9 +297,9 @@ def pate(
     except LedgerRefusal as refusal:
         typer.echo(str(refusal), err=True)
         raise typer.Exit(code=1) from None
-    except httpx.HTTPError as error:
-        typer.echo(f"error: ledger unreachable at {service}: {error}", err=True)
-        raise typer.Exit(code=1) from None
+    except LedgerError as error:
+        typer.echo(f"error: the ledger at {service}: {_one_line(str(error))}", err=True)
+        raise typer.Exit(code=2) from None
     result = {"labels_path": str(path), **result, **ledger}
     if result["at_grid_edge"]:
         typer.echo("warning: optimal Renyi order at the edge of the grid", err=True)

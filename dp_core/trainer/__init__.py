@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from dp_core.trainer.budget_gate import (
         BudgetGate,
         GateDecision,
-        HttpBudgetGate,
         LocalBudgetGate,
         RunPlan,
     )
@@ -26,7 +25,6 @@ __all__ = [
     "BudgetGate",
     "DPTrainer",
     "GateDecision",
-    "HttpBudgetGate",
     "LedgerError",
     "LocalBudgetGate",
     "RunPlan",
@@ -40,7 +38,6 @@ _HOMES = {
     "AdaptiveClipping": "adaptive_clipping",
     "BudgetGate": "budget_gate",
     "GateDecision": "budget_gate",
-    "HttpBudgetGate": "budget_gate",
     "LocalBudgetGate": "budget_gate",
     "RunPlan": "budget_gate",
     "LedgerError": "errors",

@@ -6,8 +6,9 @@ point, before an epoch starts, and runs the epoch only when the gate has charged
 
 * :class:`LocalBudgetGate`: the in-process :class:`dp_core.accountant.RdpAccountant` and a target
   epsilon (works offline);
-* :class:`HttpBudgetGate`: the ledger service of issue 3 over httpx (``POST /v1/runs``,
-  ``POST /v1/runs/{id}/epochs``, ``POST /v1/runs/{id}/finish``).
+* ``dpledger.gate.HttpBudgetGate``: the ledger service, through ``dpledger.client.LedgerClient``
+  (it lives in ``dpledger`` because dp_core never imports it; ``dpledger train --service`` hands
+  the train command a :class:`RemoteGateFactory` that builds it).
 
 The mechanism of epoch e with S steps per epoch is ``SampledGaussianSchedule(q, schedule, S, e*S)``:
 the Poisson-subsampled Gaussian at the schedule's sigma_t for each global step t (Mironov, Talwar &
@@ -16,25 +17,20 @@ Zhang 2019), exactly what the loop executes.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-import httpx
 
 from dp_core.accountant import RdpAccountant
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import SampledGaussianSchedule
 from dp_core.schedules import NoiseSchedule
-from dp_core.trainer.errors import LedgerError
 from dp_core.validation import non_negative_int, open_probability, positive_float, probability
 
 __all__ = [
     "BudgetGate",
     "GateDecision",
-    "HttpBudgetGate",
     "LocalBudgetGate",
+    "RemoteGateFactory",
     "RunPlan",
 ]
 
@@ -223,144 +219,9 @@ class LocalBudgetGate:
         self.epochs_charged = int(state["epochs_charged"])
 
 
-_RETRY_STATUSES = frozenset({502, 503, 504})
-_RESERVATIONS = ("plan", "epoch")
+class RemoteGateFactory(Protocol):
+    """Builds the gate of a ledger service (``dpledger.gate.http_gate``) from the CLI's options."""
 
-
-class HttpBudgetGate:
-    """A gate backed by the dpledger service (issue 3's HTTP contract), with bearer auth.
-
-    Network errors and 502/503/504 answers are retried with exponential backoff; this is safe
-    because the service's charges are idempotent per (run, epoch). A 409 is a refusal (the loop
-    stops cleanly); any other error status raises :class:`LedgerError`.
-
-    ``reservation="plan"`` (default) reserves every planned epoch at admission, so the run can
-    never be stopped by others; ``reservation="epoch"`` reserves nothing and passes each epoch
-    through the service's filter when it is charged, so concurrent runs may stop it early.
-    """
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        token: str,
-        dataset: str,
-        client: httpx.Client | None = None,
-        max_retries: int = 5,
-        backoff_seconds: float = 0.5,
-        timeout_seconds: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-        reservation: str = "plan",
-    ) -> None:
-        """Create the gate; pass ``client`` (e.g. with a MockTransport or ASGITransport) to test."""
-        if reservation not in _RESERVATIONS:
-            raise InvalidParameterError("reservation", reservation, "one of 'plan' or 'epoch'")
-        self.dataset = dataset
-        self.reservation = reservation
-        self.client = client or httpx.Client(base_url=base_url, timeout=timeout_seconds)
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.max_retries = max_retries
-        self.backoff_seconds = backoff_seconds
-        self.sleep = sleep
-        self.run_id: str | None = None
-        self.epochs_charged = 0
-
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.post(path, json=body, headers=self.headers)
-            except httpx.TransportError as exc:
-                if attempt == self.max_retries:
-                    raise LedgerError(f"ledger unreachable at {path}: {exc}") from exc
-            else:
-                if response.status_code not in _RETRY_STATUSES or attempt == self.max_retries:
-                    return response
-            self.sleep(self.backoff_seconds * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _error(response: httpx.Response) -> tuple[str, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return "http_error", response.text[:200]
-        if isinstance(body, dict):
-            return str(body.get("code", "http_error")), str(body.get("message", body))
-        return "http_error", str(body)
-
-    def _fail(self, what: str, response: httpx.Response) -> LedgerError:
-        code, message = self._error(response)
-        return LedgerError(
-            f"{what} failed: HTTP {response.status_code} {code}: {message}",
-            status=response.status_code,
-            service_code=code,
-        )
-
-    @staticmethod
-    def run_body(plan: RunPlan, dataset: str, reservation: str = "plan") -> dict[str, Any]:
-        """Return the ``POST /v1/runs`` body describing ``plan`` exactly."""
-        if plan.schedule.kind == "explicit":
-            raise InvalidParameterError(
-                "schedule", "explicit", "the ledger service accepts only parametric schedules"
-            )
-        return {
-            "dataset": dataset,
-            "name": plan.name,
-            "sample_rate": plan.sample_rate,
-            "steps_per_epoch": plan.steps_per_epoch,
-            "epochs": plan.epochs,
-            "noise": {
-                "schedule": plan.schedule.kind,
-                "noise_multiplier": plan.schedule.noise_multiplier,
-                "decay_rate": plan.schedule.decay_rate,
-            },
-            "max_grad_norm": plan.max_grad_norm,
-            "reservation": reservation,
-        }
-
-    def open(self, plan: RunPlan) -> GateDecision:
-        """Register the run (``POST /v1/runs``); a 409 refuses the whole plan up front."""
-        if self.run_id is not None:
-            return GateDecision(True, "admitted")
-        response = self._post("/v1/runs", self.run_body(plan, self.dataset, self.reservation))
-        if response.status_code == 409:
-            code, message = self._error(response)
-            return GateDecision(False, f"{code}: {message}")
-        if response.status_code not in (200, 201):
-            raise self._fail("registering the run", response)
-        self.run_id = str(response.json()["id"])
-        return GateDecision(True, "admitted")
-
-    def before_epoch(self, epoch: int) -> GateDecision:
-        """Charge ``epoch`` (``POST /v1/runs/{id}/epochs``); a 409 is a refusal."""
-        if self.run_id is None:
-            raise RuntimeError("the gate is not open")
-        response = self._post(f"/v1/runs/{self.run_id}/epochs", {"epoch": epoch})
-        if response.status_code == 409:
-            code, message = self._error(response)
-            return GateDecision(False, f"{code}: {message}")
-        if response.status_code not in (200, 201):
-            raise self._fail(f"charging epoch {epoch}", response)
-        self.epochs_charged = max(self.epochs_charged, epoch + 1)
-        body = response.json()
-        spent = body.get("epsilon_spent") if isinstance(body, dict) else None
-        return GateDecision(
-            True, "charged", float(spent) if isinstance(spent, int | float) else None
-        )
-
-    def finish(self) -> None:
-        """Release the reservation of epochs never started (``POST /v1/runs/{id}/finish``)."""
-        if self.run_id is None:
-            return
-        response = self._post(f"/v1/runs/{self.run_id}/finish", {})
-        if response.status_code not in (200, 201, 204):
-            raise self._fail("finishing the run", response)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the run id and the epochs charged."""
-        return {"kind": "http", "run_id": self.run_id, "epochs_charged": self.epochs_charged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the run id (a resumed run re-charges nothing: charges are idempotent)."""
-        self.run_id = state.get("run_id")
-        self.epochs_charged = int(state.get("epochs_charged", 0))
+    def __call__(self, *, base_url: str, token: str, dataset: str, reservation: str) -> BudgetGate:
+        """Return a gate charging ``dataset`` on the service at ``base_url``."""
+        ...

@@ -9,13 +9,26 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dp_core.errors import DpCoreError
 
+if TYPE_CHECKING:
+    from dp_core.trainer.budget_gate import RemoteGateFactory
+
 __all__ = ["register"]
+
+
+def _remote_gate(ctx: typer.Context) -> RemoteGateFactory | None:
+    """Return the builder of ``--service``'s gate that the root command put in ``ctx.obj``.
+
+    ``dpledger``'s root command passes ``dpledger.gate.http_gate`` (dp_core cannot import it).
+    """
+    obj = ctx.obj
+    factory = obj.get("remote_gate") if isinstance(obj, dict) else None
+    return factory if callable(factory) else None
 
 
 def _progress_callbacks() -> tuple[Any, Any, Any]:
@@ -54,6 +67,7 @@ def _progress_callbacks() -> tuple[Any, Any, Any]:
 
 
 def train(
+    ctx: typer.Context,
     data: Annotated[
         str,
         typer.Option(
@@ -158,9 +172,11 @@ def train(
         if progress and main_rank:
             bar, on_step, on_epoch = _progress_callbacks()
             with bar:
-                summary = run_training(config, on_step=on_step, on_epoch=on_epoch)
+                summary = run_training(
+                    config, on_step=on_step, on_epoch=on_epoch, remote_gate=_remote_gate(ctx)
+                )
         else:
-            summary = run_training(config)
+            summary = run_training(config, remote_gate=_remote_gate(ctx))
     except LedgerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

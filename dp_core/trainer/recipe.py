@@ -21,7 +21,13 @@ import dp_core
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
-from dp_core.trainer.budget_gate import BudgetGate, HttpBudgetGate, LocalBudgetGate
+from dp_core.trainer.budget_gate import (
+    BudgetGate,
+    GateDecision,
+    LocalBudgetGate,
+    RemoteGateFactory,
+    RunPlan,
+)
 from dp_core.trainer.data import load_data
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
@@ -137,7 +143,34 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
     return NoiseSchedule(config.schedule, sigma, config.decay_rate)
 
 
-def _gate(config: TrainConfig) -> BudgetGate | None:
+class _NoRemoteGate:
+    """Stands in for the service's gate when nobody gave a builder (dp_core's CLI alone).
+
+    It refuses to open, so the run's own checks (data guards, plan) still speak first.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def open(self, plan: RunPlan) -> GateDecision:
+        raise InvalidParameterError(
+            "service", self.service, "needs a ledger gate: run it as `dpledger train`"
+        )
+
+    def before_epoch(self, epoch: int) -> GateDecision:
+        raise RuntimeError("the gate is not open")
+
+    def finish(self) -> None:
+        """Nothing was registered."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "none"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+def _gate(config: TrainConfig, remote_gate: RemoteGateFactory | None) -> BudgetGate | None:
     if config.service is not None:
         if not config.token or not config.dataset:
             raise InvalidParameterError(
@@ -149,7 +182,11 @@ def _gate(config: TrainConfig) -> BudgetGate | None:
                 config.budget_epsilon,
                 "is for local runs; the service holds the budget",
             )
-        return HttpBudgetGate(
+        if config.reserve not in ("plan", "epoch"):
+            raise InvalidParameterError("reservation", config.reserve, "one of 'plan' or 'epoch'")
+        if remote_gate is None:
+            return _NoRemoteGate(config.service)
+        return remote_gate(
             base_url=config.service,
             token=config.token,
             dataset=config.dataset,
@@ -213,8 +250,12 @@ def run_training(
     on_step: Callable[[StepStats], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     gate: BudgetGate | None = None,
+    remote_gate: RemoteGateFactory | None = None,
 ) -> dict[str, Any]:
     """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's).
+
+    ``remote_gate`` builds the ledger service's gate for ``config.service`` (``dpledger`` passes
+    ``dpledger.gate.http_gate``; dp_core cannot import it).
 
     When distributed, every rank calls this with the same config (torchrun sets the environment);
     the process group is initialized here unless it already is, and every rank returns the same
@@ -224,7 +265,12 @@ def run_training(
     owns_group = distributed and _join_group()
     try:
         return _train(
-            config, on_step=on_step, on_epoch=on_epoch, gate=gate, distributed=distributed
+            config,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            gate=gate,
+            remote_gate=remote_gate,
+            distributed=distributed,
         )
     finally:
         if owns_group:
@@ -237,6 +283,7 @@ def _train(
     on_step: Callable[[StepStats], None] | None,
     on_epoch: Callable[[EpochStats], None] | None,
     gate: BudgetGate | None,
+    remote_gate: RemoteGateFactory | None,
     distributed: bool,
 ) -> dict[str, Any]:
     if config.threads is not None:
@@ -269,7 +316,7 @@ def _train(
         sample_rate=q,
         schedule=_schedule(config, q),
         delta=config.delta,
-        gate=gate if gate is not None else _gate(config),
+        gate=gate if gate is not None else _gate(config, remote_gate),
         max_physical_batch_size=config.max_physical_batch_size,
         num_microbatches=config.microbatches,
         adaptive_clipping=None

@@ -2,16 +2,14 @@
 
 import json
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from dpledger.cli import cli
+from dpledger.client import LedgerClient
 from tests.integration.conftest import ADMIN_TOKEN as ADMIN
 from tests.integration.server import Server
-
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +17,8 @@ def service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pate-ledger")
     server = Server(f"sqlite:///{tmp / 'ledger.db'}", tmp / "server.log").start()
     try:
-        with httpx.Client(base_url=server.url, timeout=30.0, headers=ADMIN_HEADERS) as client:
-            yield client
+        with LedgerClient(server.url, token=ADMIN) as admin:
+            yield admin
     finally:
         server.stop()
 
@@ -33,17 +31,15 @@ def _votes(tmp_path, queries=50):
     return path
 
 
-def _pate(service, dataset, votes, *extra):
+def _pate(service, dataset, votes, *extra, token=ADMIN):
     args = ["pate", "--votes", str(votes), "--aggregator", "gnmax", "--noise-multiplier", "20",
-            "--delta", "1e-5", "--seed", "1", "--json", "--service", str(service.base_url),
-            "--token", ADMIN, "--dataset", dataset, *extra]  # fmt: skip
+            "--delta", "1e-5", "--seed", "1", "--json", "--service", service.base_url,
+            "--token", token, "--dataset", dataset, *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 
 
 def _dataset(service, name, epsilon):
-    r = service.post("/v1/datasets", json={"name": name, "target_epsilon": epsilon,
-                                           "target_delta": 1e-5})  # fmt: skip
-    assert r.status_code == 201, r.text
+    service.create_dataset(name=name, target_epsilon=epsilon, target_delta=1e-5)
 
 
 def test_pate_job_is_charged_batch_by_batch(service, tmp_path):
@@ -53,12 +49,12 @@ def test_pate_job_is_charged_batch_by_batch(service, tmp_path):
     report = json.loads(result.stdout)
     assert (report["batches_charged"], report["queries_answered"]) == (3, 50)
     assert report["stop_reason"] == "completed" and report["queries"] == 50
-    run = service.get(f"/v1/runs/{report['run_id']}").json()
-    assert (run["kind"], run["status"], run["epochs_charged"]) == ("pate", "finished", 3)
+    run = service.get_run(report["run_id"])
+    assert (run.kind, run.status, run.epochs_charged) == ("pate", "finished", 3)
     assert np.load(report["labels_path"]).shape == (50,)
-    budget = service.get("/v1/datasets/pate-ok/budget").json()
-    assert [row["kind"] for row in budget["by_kind"]] == ["pate"]
-    assert budget["by_kind"][0]["epsilon_run"] == pytest.approx(
+    budget = service.get_budget("pate-ok")
+    assert [row.kind for row in budget.by_kind] == ["pate"]
+    assert budget.by_kind[0].epsilon_run == pytest.approx(
         report["epsilon_data_independent"], rel=0.05
     )
 
@@ -68,5 +64,27 @@ def test_pate_job_over_budget_is_refused_up_front(service, tmp_path):
     votes = _votes(tmp_path)
     result = _pate(service, "pate-small", votes)
     assert result.exit_code == 1
-    assert result.stderr.strip().startswith("refused: budget_exceeded")
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("refused: budget_exceeded: epsilon of 'pate-small' would reach ")
+    (run,) = service.get_budget("pate-small").runs
+    assert run.status == "refused"
+    projected = float(line.split("would reach ")[1].split(",")[0])
+    assert projected > 0.5
+    assert not (tmp_path / "votes.labels.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("token", "dataset", "said"),
+    [
+        ("dpl_wrong", "pate-errors", "HTTP 401 unauthorized"),
+        (ADMIN, "no-such", "HTTP 404 not_found"),
+    ],
+)
+def test_ledger_errors_are_reported_as_what_they_are(service, tmp_path, token, dataset, said):
+    if not any(d.name == "pate-errors" for d in service.list_datasets().items):
+        _dataset(service, "pate-errors", 8.0)
+    result = _pate(service, dataset, _votes(tmp_path), token=token)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: the ledger at http://127.0.0.1:") and said in line
     assert not (tmp_path / "votes.labels.npy").exists()

@@ -1,4 +1,3 @@
-import httpx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,10 +7,8 @@ from torch.utils.data import TensorDataset
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping, gradient_noise_multiplier
-from dp_core.trainer.budget_gate import HttpBudgetGate, LocalBudgetGate
+from dp_core.trainer.budget_gate import LocalBudgetGate
 from dp_core.trainer.loop import DPTrainer, LogicalBatch, make_private
-
-from .test_budget_gate import FakeLedger
 
 
 def _blobs(n=400, dim=5, seed=0):
@@ -198,74 +195,10 @@ def test_resume_continues_exactly_and_does_not_pay_twice(tmp_path):
     assert result.epsilon == pytest.approx(straight.result().epsilon)
 
 
-def test_resumed_http_run_reuses_its_run_and_recharges_idempotently(tmp_path):
-    ledger = FakeLedger()
-    first = _trainer(epochs=3, checkpoint_dir=tmp_path, gate=_http_gate(ledger))
-    for n, batches in enumerate(first.epochs()):
-        if n == 1:
-            break  # dies right after epoch 1 was charged
-        for batch in batches:
-            first.step(batch)
-    second = _trainer(epochs=3, checkpoint_dir=tmp_path, gate=_http_gate(ledger))
-    assert second.resume()
-    second.fit()
-    epochs = [body["epoch"] for _, path, body, _ in ledger.requests if path.endswith("/epochs")]
-    assert [path for _, path, _, _ in ledger.requests].count("/v1/runs") == 1
-    assert epochs == [0, 1, 1, 2]  # the retry of epoch 1 is the service's idempotent charge
-
-
 def test_checkpoint_of_another_plan_is_refused(tmp_path):
     _trainer(epochs=1, checkpoint_dir=tmp_path).fit()
     with pytest.raises(InvalidParameterError, match="checkpoint"):
         _trainer(epochs=1, noise_multiplier=2.0, checkpoint_dir=tmp_path).resume()
-
-
-def _http_gate(ledger):
-    client = httpx.Client(base_url="http://ledger", transport=httpx.MockTransport(ledger))
-    return HttpBudgetGate(
-        base_url="http://ledger", token="t", dataset="d", client=client, sleep=lambda s: None
-    )
-
-
-def test_http_gate_refusal_stops_cleanly_with_a_checkpoint_and_finishes(tmp_path):
-    ledger = FakeLedger(refuse_from=2)
-    trainer = _trainer(
-        epochs=5,
-        schedule=NoiseSchedule("exponential", 1.0, 0.01),
-        noise_multiplier=None,
-        checkpoint_dir=tmp_path,
-        gate=_http_gate(ledger),
-    )
-    result = trainer.fit()
-    assert result.epochs_completed == 2
-    assert "budget_exceeded" in result.stop_reason and "no budget left" in result.stop_reason
-    paths = [path for _, path, _, _ in ledger.requests]
-    assert paths == [
-        "/v1/runs",
-        "/v1/runs/run-7/epochs",
-        "/v1/runs/run-7/epochs",
-        "/v1/runs/run-7/epochs",
-        "/v1/runs/run-7/finish",
-    ]
-    assert ledger.requests[0][2]["noise"] == {
-        "schedule": "exponential",
-        "noise_multiplier": 1.0,
-        "decay_rate": 0.01,
-    }
-    assert ledger.requests[0][2]["steps_per_epoch"] == trainer.plan.steps_per_epoch == 8
-    assert (tmp_path / "checkpoint.pt").exists()
-
-
-def test_http_plan_refused_up_front_trains_nothing():
-    ledger = FakeLedger(refuse_run=True)
-    trainer = _trainer(gate=_http_gate(ledger))
-    before = [p.detach().clone() for p in trainer.model.parameters()]
-    result = trainer.fit()
-    assert result.epochs_completed == 0 and result.stop_reason.startswith(
-        "refused: budget_exceeded"
-    )
-    for p, q in zip(before, trainer.model.parameters(), strict=True):
-        assert torch.equal(p, q)
 
 
 def test_steps_must_be_run_in_order():

@@ -1,0 +1,1 @@
+"""Bring-your-own-trainer integrations of the ledger (each imports its framework lazily)."""
