@@ -14,6 +14,7 @@ cli = typer.Typer(
     help="Privacy-budget accounting for DP machine learning.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
 
