@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +24,9 @@ from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
 from dp_core.trainer.budget_gate import BudgetGate, HttpBudgetGate, LocalBudgetGate
+from dp_core.trainer.checkpoint import load_checkpoint
 from dp_core.trainer.data import load_data
-from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
+from dp_core.trainer.loop import DPTrainer, EpochStart, EpochStats, StepStats
 from dp_core.trainer.models import build_model
 from dp_core.trainer.sampling import steps_per_epoch
 
@@ -68,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     distributed: bool | None = None
+    run_name: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -140,6 +144,29 @@ def _gate(config: TrainConfig) -> BudgetGate | None:
     return None if budget is None else LocalBudgetGate(target_epsilon=budget, delta=config.delta)
 
 
+def run_name(config: TrainConfig) -> str:
+    """The run's name in the ledger: as given; else a resumed checkpoint's; else a fresh one.
+
+    A fresh name says what trained on which data, and when: ``dpledger-train-digits-20261129-
+    101500`` (UTC). A resumed run keeps the name it was registered with.
+    """
+    if config.run_name is not None:
+        return config.run_name
+    if config.checkpoint_dir is not None:
+        checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt"
+        if checkpoint.exists():
+            return str(load_checkpoint(checkpoint)["plan"]["name"])
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"dpledger-train-{config.data.split(':')[0]}-{stamp}"
+
+
+def _same_on_every_rank(value: str) -> str:
+    """Return rank 0's ``value`` on every rank (a fresh name's time stamp may differ)."""
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return str(shared[0])
+
+
 def launched_distributed(config: TrainConfig) -> bool:
     """Return whether to train data-parallel: as configured, else when ``WORLD_SIZE`` > 1."""
     if config.distributed is not None:
@@ -167,6 +194,7 @@ def run_training(
     *,
     on_step: Callable[[StepStats], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_epoch_start: Callable[[EpochStart], None] | None = None,
     gate: BudgetGate | None = None,
 ) -> dict[str, Any]:
     """Train as ``config`` says and return the JSON summary (``gate`` overrides the config's).
@@ -179,7 +207,12 @@ def run_training(
     owns_group = distributed and _join_group()
     try:
         return _train(
-            config, on_step=on_step, on_epoch=on_epoch, gate=gate, distributed=distributed
+            config,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            on_epoch_start=on_epoch_start,
+            gate=gate,
+            distributed=distributed,
         )
     finally:
         if owns_group:
@@ -191,6 +224,7 @@ def _train(
     *,
     on_step: Callable[[StepStats], None] | None,
     on_epoch: Callable[[EpochStats], None] | None,
+    on_epoch_start: Callable[[EpochStart], None] | None,
     gate: BudgetGate | None,
     distributed: bool,
 ) -> dict[str, Any]:
@@ -220,14 +254,17 @@ def _train(
         engine=config.engine,
         seed=config.seed,
         checkpoint_dir=config.checkpoint_dir,
-        name=f"dpledger-train-{config.model}-{config.data.split(':')[0]}",
+        name=_same_on_every_rank(run_name(config)) if distributed else run_name(config),
         distributed=distributed,
     )
     trainer.resume()
-    result = trainer.fit(on_step=on_step, on_epoch=on_epoch)
-    test_loss, test_accuracy = evaluate(model, data.test)
+    result = trainer.fit(on_step=on_step, on_epoch=on_epoch, on_epoch_start=on_epoch_start)
+    # An untrained model's test accuracy is not a result: report none when no epoch ran.
+    trained = result.epochs_completed > 0
+    test_loss, test_accuracy = evaluate(model, data.test) if trained else (None, None)
     last = result.history[-1] if result.history else {}
     return {
+        "run_name": trainer.plan.name,
         "epochs_completed": result.epochs_completed,
         "epochs_planned": trainer.plan.epochs,
         "stop_reason": result.stop_reason,
