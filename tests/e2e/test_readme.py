@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -234,6 +235,7 @@ def server(tmp_path_factory):
 def test_readme_examples_run_as_written(server, tmp_path):
     commands = commands_to_run(README.read_text())
     assert len(commands) >= 10, "the README lost its tested examples"
+    assert shutil.which("curl") is not None, "the README's examples need curl"
     env = {
         **os.environ,
         "DPLEDGER_URL": server.url,
