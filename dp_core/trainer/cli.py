@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dp_core.errors import DpCoreError
+from dp_core.trainer.exit_codes import CommandError, ExitCode, exit_on_error
+
+if TYPE_CHECKING:
+    from dp_core.trainer.loop import EpochStart, EpochStats, StepStats
+    from dp_core.trainer.recipe import TrainConfig
 
 if TYPE_CHECKING:
     from dp_core.trainer.budget_gate import RemoteGateFactory
@@ -31,41 +35,101 @@ def _remote_gate(ctx: typer.Context) -> RemoteGateFactory | None:
     return factory if callable(factory) else None
 
 
-def _progress_callbacks() -> tuple[Any, Any, Any]:
-    """Return (progress context, on_step, on_epoch) drawing a rich bar on stderr."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _ProgressBar:
+    """One determinate bar per epoch on stderr (rich), drawn from the first charged epoch on.
 
-    from dp_core.trainer.loop import EpochStats, StepStats
+    Nothing is drawn before the options are checked, the trainer is built and the gate has
+    charged an epoch, so bad input or a run refused up front prints no bar.
+    """
 
-    progress = Progress(
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}  eps {task.fields[eps]:.3f}"
-        ),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    task = progress.add_task("train", total=None, epoch=0, loss=0.0, acc=0.0, eps=0.0)
-    totals = {"n": 0, "loss": 0.0, "correct": 0}
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        self._totals = {"n": 0, "loss": 0.0, "correct": 0}
+        self._epsilon = 0.0
 
-    def on_step(step: StepStats) -> None:
+    def start_epoch(self, start: EpochStart) -> None:
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+                TextColumn("eps {task.fields[eps]:.3f}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+        self._totals.update(n=0, loss=0.0, correct=0)
+        self._task = self._progress.add_task(
+            "train",
+            total=start.steps,
+            epoch=f"{start.number}/{start.epochs}",
+            loss=0.0,
+            acc=0.0,
+            eps=self._epsilon,
+        )
+
+    def step(self, step: StepStats) -> None:
+        totals = self._totals
         totals["n"] += step.batch_size
         totals["loss"] += step.loss_sum
         totals["correct"] += step.correct
         n = max(totals["n"], 1)
-        progress.update(task, advance=1, loss=totals["loss"] / n, acc=totals["correct"] / n)
+        loss, acc = totals["loss"] / n, totals["correct"] / n
+        self._progress.update(self._task, advance=1, loss=loss, acc=acc)
 
-    def on_epoch(stats: EpochStats) -> None:
-        totals.update(n=0, loss=0.0, correct=0)
-        progress.update(task, epoch=stats.epoch + 1, eps=stats.epsilon)
+    def end_epoch(self, stats: EpochStats) -> None:
+        self._epsilon = stats.epsilon
+        self._progress.update(self._task, eps=stats.epsilon)
 
-    return progress, on_step, on_epoch
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
+def _default_progress() -> bool:
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
+
+
+def _train_with_progress(
+    config: TrainConfig, progress: bool, remote_gate: RemoteGateFactory | None
+) -> dict[str, Any]:
+    from dp_core.trainer.recipe import run_training
+
+    if not progress:
+        return run_training(config, remote_gate=remote_gate)
+    bar = _ProgressBar()
+    try:
+        return run_training(
+            config,
+            on_step=bar.step,
+            on_epoch=bar.end_epoch,
+            on_epoch_start=bar.start_epoch,
+            remote_gate=remote_gate,
+        )
+    finally:
+        bar.close()
+
+
+def _refusal(summary: dict[str, Any]) -> CommandError:
+    return CommandError(
+        f"{summary['stop_reason']} (trained {summary['epochs_completed']} of "
+        f"{summary['epochs_planned']} planned epochs)",
+        exit_code=ExitCode.REFUSED,
+    )
+
+
+@exit_on_error
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -138,7 +202,22 @@ def train(
             "example weighted, then clipped), the DP-safe alternative to SMOTE/oversampling."
         ),
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    run_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the run in the ledger and on the dashboard [default: "
+            "dpledger-train-DATA-YYYYMMDD-HHMMSS, or the resumed checkpoint's].",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="A progress bar per epoch on stderr [default: when stderr is a terminal].",
+            show_default=False,
+        ),
+    ] = None,
     distributed: Annotated[
         bool | None,
         typer.Option(
@@ -151,11 +230,13 @@ def train(
 ) -> None:
     """Train with DP-SGD, asking the ledger (or a local budget) before each epoch; print JSON.
 
+    Exit status: 0 when every planned epoch ran; 3 when the privacy budget refused the run or
+    stopped it early (one line on stderr says why; the JSON summary still goes to stdout, with
+    no test accuracy when no epoch ran); 2 for invalid input; 1 when the ledger is unreachable.
     Under torchrun every rank trains its shard of the data; rank 0 alone asks the ledger, adds
     the noise, checkpoints, shows the progress bar and prints the summary.
     """
-    from dp_core.trainer.errors import LedgerError
-    from dp_core.trainer.recipe import TrainConfig, run_training
+    from dp_core.trainer.recipe import TrainConfig
 
     config = TrainConfig(
         data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -164,27 +245,20 @@ def train(
         service=service, token=token, dataset=dataset, reserve=reserve,
         budget_epsilon=budget_epsilon, max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
-        distributed=distributed,
+        distributed=distributed, run_name=run_name,
         max_records_per_individual=max_records_per_individual, class_weights=class_weights,
     )  # fmt: skip
     main_rank = os.environ.get("RANK", "0") == "0"
-    try:
-        if progress and main_rank:
-            bar, on_step, on_epoch = _progress_callbacks()
-            with bar:
-                summary = run_training(
-                    config, on_step=on_step, on_epoch=on_epoch, remote_gate=_remote_gate(ctx)
-                )
-        else:
-            summary = run_training(config, remote_gate=_remote_gate(ctx))
-    except LedgerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except DpCoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if main_rank:
-        sys.stdout.write(json.dumps(summary) + "\n")
+    show = (_default_progress() if progress is None else progress) and main_rank
+    summary = _train_with_progress(config, show, _remote_gate(ctx))
+    if not str(summary["stop_reason"]).startswith("refused"):
+        if main_rank:
+            sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    if not main_rank:  # rank 0 alone reports; every rank exits with the same status
+        raise SystemExit(int(ExitCode.REFUSED))
+    sys.stdout.write(json.dumps(summary) + "\n")
+    raise _refusal(summary)
 
 
 def register(cli: typer.Typer) -> None:

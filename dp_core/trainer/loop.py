@@ -61,7 +61,15 @@ from dp_core.trainer.per_sample import LossFn, check_model_supported
 from dp_core.trainer.sampling import poisson_batch, split_physical, steps_per_epoch
 from dp_core.validation import non_negative_int, open_probability, positive_float
 
-__all__ = ["DPTrainer", "EpochStats", "LogicalBatch", "StepStats", "TrainResult", "make_private"]
+__all__ = [
+    "DPTrainer",
+    "EpochStart",
+    "EpochStats",
+    "LogicalBatch",
+    "StepStats",
+    "TrainResult",
+    "make_private",
+]
 
 ENGINES = ("auto", "bookkeeping", "func")
 
@@ -86,15 +94,35 @@ class StepStats:
     max_grad_norm: float
 
 
+@dataclass(frozen=True)
+class EpochStart:
+    """An epoch the gate has just charged, about to run (what a progress bar needs).
+
+    Attributes:
+        number: The epoch's number counted from 1 (1..epochs).
+        epochs: The planned number of epochs.
+        steps: The epoch's logical steps (each a Poisson batch of expected size qN).
+    """
+
+    number: int
+    epochs: int
+    steps: int
+
+
 @dataclass
 class EpochStats:
-    """Totals of one epoch."""
+    """Totals of one epoch (``epoch`` is its 0-based index; :attr:`number` counts from 1)."""
 
     epoch: int
     examples: int = 0
     loss_sum: float = 0.0
     correct: int = 0
     epsilon: float = 0.0
+
+    @property
+    def number(self) -> int:
+        """The epoch's number counted from 1, as progress bars and logs show it."""
+        return self.epoch + 1
 
     @property
     def loss(self) -> float:
@@ -504,9 +532,21 @@ class DPTrainer:
         *,
         on_step: Callable[[StepStats], None] | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
+        on_epoch_start: Callable[[EpochStart], None] | None = None,
     ) -> TrainResult:
-        """Train until the planned epochs are done or the gate refuses; return how it ended."""
+        """Train until the planned epochs are done or the gate refuses; return how it ended.
+
+        Args:
+            on_step: Called after each step.
+            on_epoch: Called after each epoch with its totals.
+            on_epoch_start: Called once the gate has charged an epoch, before its first step;
+                never called for a run refused up front.
+        """
         for batches in self.epochs():
+            if on_epoch_start is not None:
+                on_epoch_start(
+                    EpochStart(self.epoch + 1, self.plan.epochs, self.plan.steps_per_epoch)
+                )
             stats = EpochStats(self.epoch)
             for batch in batches:
                 step = self.step(batch)
@@ -627,10 +667,51 @@ def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     dataset: Dataset[Any],
-    **settings: Any,
+    loss_fn: LossFn,
+    max_grad_norm: float,
+    epochs: int,
+    expected_batch_size: int | None = None,
+    sample_rate: float | None = None,
+    noise_multiplier: float | None = None,
+    schedule: NoiseSchedule | None = None,
+    delta: float = 1e-5,
+    gate: BudgetGate | None = None,
+    max_physical_batch_size: int | None = None,
+    num_microbatches: int | None = None,
+    adaptive_clipping: AdaptiveClipping | None = None,
+    engine: str = "auto",
+    seed: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    name: str = "dp-sgd",
+    distributed: bool | None = None,
+    dataset_is_shard: bool = False,
 ) -> DPTrainer:
     """Wrap ``model`` and ``optimizer`` for DP-SGD (Opacus' ``make_private`` shape).
 
-    Keyword arguments are those of :class:`DPTrainer`.
+    Every argument is keyword-only and means what it means for :class:`DPTrainer` (see its
+    docstring); give exactly one of ``expected_batch_size``/``sample_rate`` and one of
+    ``noise_multiplier``/``schedule``.
     """
-    return DPTrainer(model, optimizer, dataset, **settings)
+    return DPTrainer(
+        model,
+        optimizer,
+        dataset,
+        loss_fn=loss_fn,
+        max_grad_norm=max_grad_norm,
+        epochs=epochs,
+        expected_batch_size=expected_batch_size,
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        schedule=schedule,
+        delta=delta,
+        gate=gate,
+        max_physical_batch_size=max_physical_batch_size,
+        num_microbatches=num_microbatches,
+        adaptive_clipping=adaptive_clipping,
+        engine=engine,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        name=name,
+        distributed=distributed,
+        dataset_is_shard=dataset_is_shard,
+    )

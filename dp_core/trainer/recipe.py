@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from dp_core.trainer.budget_gate import (
     RemoteGateFactory,
     RunPlan,
 )
+from dp_core.trainer.checkpoint import load_checkpoint
 from dp_core.trainer.data import load_data
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
@@ -35,7 +38,7 @@ from dp_core.trainer.guards import (
     group_epsilon,
     parse_class_weights,
 )
-from dp_core.trainer.loop import DPTrainer, EpochStats, StepStats
+from dp_core.trainer.loop import DPTrainer, EpochStart, EpochStats, StepStats
 from dp_core.trainer.models import build_model
 from dp_core.trainer.sampling import steps_per_epoch
 
@@ -82,6 +85,7 @@ class TrainConfig:
     distributed: bool | None = None
     max_records_per_individual: int | None = None
     class_weights: str | None = None
+    run_name: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -222,6 +226,29 @@ def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
         )
 
 
+def run_name(config: TrainConfig) -> str:
+    """The run's name in the ledger: as given; else a resumed checkpoint's; else a fresh one.
+
+    A fresh name says what trained on which data, and when: ``dpledger-train-digits-20261129-
+    101500`` (UTC). A resumed run keeps the name it was registered with.
+    """
+    if config.run_name is not None:
+        return config.run_name
+    if config.checkpoint_dir is not None:
+        checkpoint = Path(config.checkpoint_dir) / "checkpoint.pt"
+        if checkpoint.exists():
+            return str(load_checkpoint(checkpoint)["plan"]["name"])
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"dpledger-train-{config.data.split(':')[0]}-{stamp}"
+
+
+def _same_on_every_rank(value: str) -> str:
+    """Return rank 0's ``value`` on every rank (a fresh name's time stamp may differ)."""
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return str(shared[0])
+
+
 def launched_distributed(config: TrainConfig) -> bool:
     """Return whether to train data-parallel: as configured, else when ``WORLD_SIZE`` > 1."""
     if config.distributed is not None:
@@ -249,6 +276,7 @@ def run_training(
     *,
     on_step: Callable[[StepStats], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_epoch_start: Callable[[EpochStart], None] | None = None,
     gate: BudgetGate | None = None,
     remote_gate: RemoteGateFactory | None = None,
 ) -> dict[str, Any]:
@@ -268,6 +296,7 @@ def run_training(
             config,
             on_step=on_step,
             on_epoch=on_epoch,
+            on_epoch_start=on_epoch_start,
             gate=gate,
             remote_gate=remote_gate,
             distributed=distributed,
@@ -282,6 +311,7 @@ def _train(
     *,
     on_step: Callable[[StepStats], None] | None,
     on_epoch: Callable[[EpochStats], None] | None,
+    on_epoch_start: Callable[[EpochStart], None] | None,
     gate: BudgetGate | None,
     remote_gate: RemoteGateFactory | None,
     distributed: bool,
@@ -325,14 +355,16 @@ def _train(
         engine=config.engine,
         seed=config.seed,
         checkpoint_dir=config.checkpoint_dir,
-        name=f"dpledger-train-{config.model}-{config.data.split(':')[0]}",
+        name=_same_on_every_rank(run_name(config)) if distributed else run_name(config),
         distributed=distributed,
     )
     if grouped:  # the local budget applies to the group of K: check the whole plan up front
         _check_group_budget(config, trainer)
     trainer.resume()
-    result = trainer.fit(on_step=on_step, on_epoch=on_epoch)
-    test_loss, test_accuracy = evaluate(model, data.test)
+    result = trainer.fit(on_step=on_step, on_epoch=on_epoch, on_epoch_start=on_epoch_start)
+    # An untrained model's test accuracy is not a result: report none when no epoch ran.
+    trained = result.epochs_completed > 0
+    test_loss, test_accuracy = evaluate(model, data.test) if trained else (None, None)
     last = result.history[-1] if result.history else {}
     group = group_epsilon(
         trainer.plan.mechanism(0, result.epochs_completed),
@@ -340,6 +372,7 @@ def _train(
         group_size=trainer.group_size,
     )
     return {
+        "run_name": trainer.plan.name,
         "epochs_completed": result.epochs_completed,
         "epochs_planned": trainer.plan.epochs,
         "stop_reason": result.stop_reason,

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -71,15 +73,72 @@ def test_train_digits_prints_a_json_summary_and_resumes(tmp_path):
     assert again["epochs_completed"] == 2 and again["test_accuracy"] == summary["test_accuracy"]
 
 
-def test_local_budget_stops_the_run_and_says_why(tmp_path):
-    result = _run("--no-progress", "--epochs", "20", "--noise-multiplier", "0.8", "--budget-epsilon", "1.0",
+def _one_stderr_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_run_refused_up_front_exits_3_with_one_line_and_no_accuracy(tmp_path):
+    result = _run("--progress", "--epochs", "20", "--noise-multiplier", "0.8", "--budget-epsilon", "1.0",
                   "--checkpoint-dir", str(tmp_path), "--threads", "1")  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
+    line = _one_stderr_line(result)  # and no progress bar: no epoch was charged
+    assert line.startswith("refused: budget_exceeded") and "trained 0 of 20 planned epochs" in line
     summary = json.loads(result.stdout)
-    assert summary["epochs_completed"] < 20 and summary["stop_reason"].startswith(
+    assert summary["epochs_completed"] == 0 and summary["stop_reason"] == line.split(" (trained")[0]
+    assert summary["test_accuracy"] is None and summary["test_loss"] is None
+    assert summary["epsilon"] == 0.0
+
+
+def test_a_run_stopped_by_the_budget_exits_3_and_reports_what_ran(tmp_path):
+    # q = 0.178, 6 steps/epoch, sigma 2: epsilon 1.35, 1.77, 2.11 after 1, 2, 3 epochs.
+    result = _run("--no-progress", "--epochs", "20", "--noise-multiplier", "2", "--budget-epsilon", "2",
+                  "--lr", "2", "--checkpoint-dir", str(tmp_path), "--threads", "1")  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "trained 2 of 20 planned epochs" in _one_stderr_line(result)
+    summary = json.loads(result.stdout)
+    assert summary["epochs_completed"] == 2 and summary["stop_reason"].startswith(
         "refused: budget_exceeded"
     )
-    assert summary["epsilon"] <= 1.0
+    assert summary["epsilon"] <= 2.0 and summary["test_accuracy"] > 0.3
+
+
+def test_the_progress_bar_counts_epochs_from_1_over_each_epochs_steps(tmp_path):
+    result = _run("--progress", "--epochs", "2", "--noise-multiplier", "1.0", "--threads", "1",
+                  "--run-name", "my-run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    steps = summary["steps_per_epoch"]
+    bars = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in bars] == ["1/2", "2/2"]
+    assert all(f"{steps}/{steps}" in line for line in bars)
+    assert summary["run_name"] == "my-run"
+
+
+def test_no_bar_by_default_when_stderr_is_not_a_terminal():
+    result = _run("--epochs", "1", "--noise-multiplier", "1.0", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert re.fullmatch(r"dpledger-train-digits-\d{8}-\d{6}", json.loads(result.stdout)["run_name"])
+
+
+def test_bad_input_draws_no_bar():
+    result = _run("--progress", "--epochs", "1", "--noise-multiplier", "-1")
+    assert result.exit_code == 2
+    assert _one_stderr_line(result).startswith("error: invalid noise_multiplier")
+
+
+def test_help_fits_80_columns_with_every_option_name_whole():
+    # A real process (not CliRunner, which turns rich's help formatting off), as a user runs it.
+    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm"}
+    done = subprocess.run([sys.executable, "-m", "dpledger", "train", "--help"], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    for option in ("--max-physical-batch-size", "--adaptive-quantile", "--noise-multiplier",
+                   "--run-name", "--no-progress", "--no-distributed", "--budget-epsilon"):  # fmt: skip
+        assert option in done.stdout, option
+    assert "…" not in done.stdout
 
 
 def test_train_cnn_on_mnist_idx_files(tmp_path):
