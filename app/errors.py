@@ -50,7 +50,7 @@ class AppError(Exception):
 class InvalidInputError(AppError):
     """A request is well-formed JSON but a value is outside its domain."""
 
-    code = "invalid_parameter"
+    code = "invalid_input"
     status_code = 422
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "BudgetRead",
     "CalibrationFailed",
     "Conflict",
+    "CrossSiteRequest",
     "DatasetExists",
     "DatasetList",
     "DatasetRead",
@@ -64,6 +65,7 @@ __all__ = [
     "NoiseMultiplierRead",
     "NoiseSpec",
     "NotFound",
+    "PayloadTooLarge",
     "OrderHeadroom",
     "Pate",
     "RetryPolicy",
@@ -522,12 +524,28 @@ class BudgetExceeded(Conflict):
         return _optional_float(self.body.get("noise_multiplier_that_fits"))
 
 
+class CrossSiteRequest(Forbidden):
+    """A browser form post from another site was refused (403)."""
+
+    codes = ("cross_site_request",)
+
+
+class PayloadTooLarge(LedgerError):
+    """The request body is over the service's size limit (413)."""
+
+    codes = ("payload_too_large",)
+
+
 class ServerError(LedgerError):
     """The service failed (5xx)."""
+
+    codes = ("internal_error",)
 
 
 class ServiceUnavailable(ServerError):
     """The service (or a proxy before it) answered 502, 503 or 504, after every retry."""
+
+    codes = ("database_unavailable",)
 
 
 class Unreachable(ServiceUnavailable):
@@ -558,6 +576,7 @@ _BY_STATUS: dict[int, type[LedgerError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    413: PayloadTooLarge,
     422: InvalidInput,
     502: ServiceUnavailable,
     503: ServiceUnavailable,

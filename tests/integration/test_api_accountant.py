@@ -51,7 +51,7 @@ async def test_noise_multiplier_never_overshoots(client):
                 "delta": 1e-5,
                 "schedule": "nope",
             },
-            "invalid_parameter",
+            "invalid_input",
         ),
         (
             "/v1/accountant/epsilon",
@@ -63,7 +63,7 @@ async def test_noise_multiplier_never_overshoots(client):
                 "schedule": "geometric",
                 "decay_rate": 1.5,
             },
-            "invalid_parameter",
+            "invalid_input",
         ),
         (
             "/v1/accountant/noise-multiplier",

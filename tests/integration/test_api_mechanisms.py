@@ -193,7 +193,7 @@ async def test_bad_mechanisms_are_422_and_write_nothing(client, database_url, la
         "/v1/runs", content=content, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422, (label, response.text)
-    assert response.json()["code"] in ("invalid_input", "invalid_parameter")
+    assert response.json()["code"] in ("invalid_input", "invalid_input")
     assert snapshot(database_url) == before
 
 

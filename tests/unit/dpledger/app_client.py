@@ -20,7 +20,7 @@ from app.main import create_app
 from app.settings import Settings
 from dpledger.client import LedgerClient, RetryPolicy
 
-ADMIN_TOKEN = "dpl_test_admin_token"
+ADMIN_TOKEN = "dpl_test_admin_token_0123456789abcdef"
 BASE_URL = "http://dpledger.test"
 
 
