@@ -214,6 +214,8 @@ def test_the_service_errors_map_to_their_classes(ledger):
             admin.charge_epoch(run.id, 0)
     with ledger.client("dpl_unknown") as stranger, pytest.raises(Unauthorized):
         stranger.list_datasets()
+    with ledger.client() as admin:
+        _dataset(admin, "other")  # a token's scope names existing datasets only
     with ledger.client(ledger.trainer_token("other")) as trainer, pytest.raises(Forbidden):
         trainer.get_budget("mnist")
 
