@@ -136,14 +136,16 @@ def _threshold(losses: FloatArray, q: float, sigma: float, sign: float) -> Float
     infimum (exp(sign * loss) <= 1 - q) there is no solution and x* = -inf.
     """
     v = sign * losses
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if q == 1.0:
-            log_diff = v
-        else:
-            # log(e^v - (1-q)) = v + log1p(-(1-q) e^-v): stable for the large v of the tails.
-            log_diff = v + np.log1p(-(1.0 - q) * np.exp(-v))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # log(e^v - (1-q)) = v + log1p(-(1-q) e^-v): stable for the large v of the tails.
+        log_diff = v if q == 1.0 else v + np.log1p(-(1.0 - q) * np.exp(-v))
     x = sigma**2 * (log_diff - math.log(q)) + 0.5
     return np.where(np.isnan(x), -np.inf, x)
+
+
+def _ndtr(z: FloatArray) -> FloatArray:
+    """Standard normal CDF, from its log (scipy's typed stub); exact in both tails."""
+    return np.exp(special.log_ndtr(z))
 
 
 def _survivals(x: FloatArray, q: float, sigma: float, direction: str) -> tuple[FloatArray, ...]:
@@ -153,8 +155,8 @@ def _survivals(x: FloatArray, q: float, sigma: float, direction: str) -> tuple[F
     add: P = N(0, s^2), Q = mixture, L decreasing in x, so L > l iff x < x*.
     Both tails are computed directly with ndtr (never 1 - ndtr) so tiny tails keep their digits.
     """
-    hi0, lo0 = special.ndtr(-x / sigma), special.ndtr(x / sigma)  # N(0): x > x*, x <= x*
-    hi1, lo1 = special.ndtr((1.0 - x) / sigma), special.ndtr((x - 1.0) / sigma)  # N(1)
+    hi0, lo0 = _ndtr(-x / sigma), _ndtr(x / sigma)  # N(0): x > x*, x <= x*
+    hi1, lo1 = _ndtr((1.0 - x) / sigma), _ndtr((x - 1.0) / sigma)  # N(1)
     mix_hi, mix_lo = (1.0 - q) * hi0 + q * hi1, (1.0 - q) * lo0 + q * lo1
     if direction == "remove":
         return mix_hi, mix_lo, hi0, lo0
@@ -164,8 +166,11 @@ def _survivals(x: FloatArray, q: float, sigma: float, direction: str) -> tuple[F
 def _loss_range(q: float, sigma: float, direction: str) -> tuple[float, float]:
     """Losses below/above which P has less than Phi(-11) mass (exact bounds where finite)."""
     z = _TAIL_Z * sigma
-    remove_loss = lambda x: float(np.logaddexp(math.log1p(-q) if q < 1 else -np.inf,  # noqa: E731
-                                               math.log(q) + (2 * x - 1) / (2 * sigma**2)))  # fmt: skip
+    floor = math.log1p(-q) if q < 1.0 else -math.inf
+
+    def remove_loss(x: float) -> float:  # log(1 - q + q exp((2x - 1) / (2 s^2)))
+        return float(np.logaddexp(floor, math.log(q) + (2.0 * x - 1.0) / (2.0 * sigma**2)))
+
     if direction == "remove":  # x ~ mixture, L increasing: infimum log(1-q), top at x = 1 + z
         low = math.log1p(-q) if q < 1.0 else remove_loss(-z)
         return low, remove_loss(1.0 + z)
@@ -213,7 +218,7 @@ def sampled_gaussian_pld(
 
 
 def _log_mgf(pld: DiscretePld, t: FloatArray) -> FloatArray:
-    """log sum_i p_i exp(t (offset + i)) of the finite part, for each t (per grid index).
+    """Log sum_i p_i exp(t (offset + i)) of the finite part, for each t (per grid index).
 
     Exact, computed block-wise as a matrix product: with blocks of w consecutive points starting
     at b, sum_i p_i e^{t i} = sum_b e^{t b} sum_{r < w} p_{b+r} e^{t r}; the inner sums for all
@@ -312,8 +317,11 @@ def compose_plds(plds: list[tuple[DiscretePld, int]]) -> tuple[DiscretePld, floa
     # Round-off of the FFTs and of the power: Higham 2002 Thm. 24.2 per transform, amplified by
     # the T-th power; by Parseval this bounds the total absolute error of the output.
     eps = np.finfo(np.float64).eps
-    float_error = 8.0 * eps * (steps + 2.0 * math.log2(n)) * math.sqrt(
-        2.0 * float(np.sum(np.abs(spectrum) ** 2))
+    float_error = (
+        8.0
+        * eps
+        * (steps + 2.0 * math.log2(n))
+        * math.sqrt(2.0 * float(np.sum(np.abs(spectrum) ** 2)))
     )
     composed = np.maximum(composed, 0.0)
     infinity = -math.expm1(survive)
@@ -350,14 +358,11 @@ def epsilon_of_pld(pld: DiscretePld, delta: float, slack: float = 0.0) -> float:
     a_next = np.append(mass[1:], base)
     b_next = np.append(weighted[1:], 0.0)
     at_grid = a_next - np.exp(losses) * b_next  # delta(l_k)
-    if mass[0] - weighted[0] <= delta:  # delta(0) already small enough (losses[0] >= 0)
-        if losses[0] <= 0.0:
-            return 0.0
-    k = int(np.argmax(at_grid <= delta))
-    if at_grid[k] > delta:  # numerically never below: only +inf mass remains at the top
-        return math.inf
-    if k == 0 and losses[0] > 0.0 and mass[0] - weighted[0] <= delta:
+    if mass[0] - weighted[0] <= delta:  # delta(0): the l = 0 term contributes p (1 - 1) = 0
         return 0.0
+    k = int(np.argmax(at_grid <= delta))
+    if at_grid[k] > delta:  # never below the target: only +inf mass remains at the top
+        return math.inf
     a, b = float(mass[k]), float(weighted[k])
     lower = float(losses[k - 1]) if k > 0 else 0.0
     solved = math.log((a - delta) / b) if b > 0.0 and a > delta else float(losses[k])
@@ -437,7 +442,9 @@ def compute_epsilon_pld(
         raise InvalidParameterError("bucket_ratio", bucket_ratio, "must be >= 1")
     noise = _schedule_of(noise_multiplier, schedule, decay_rate)
     if steps == 0 or q == 0.0:
-        return PldEpsilon(0.0, delta, 0.0, 0.0, discretization or DEFAULT_DISCRETIZATION, steps, 0, 1.0)
+        return PldEpsilon(
+            0.0, delta, 0.0, 0.0, discretization or DEFAULT_DISCRETIZATION, steps, 0, 1.0
+        )
     distinct, steps_each = noise.segments(0, steps)
     sigmas, counts = _buckets(distinct, steps_each, ratio)
     exact = distinct.size <= _EXACT_SIGMAS or ratio == 1.0

@@ -125,7 +125,9 @@ def _fit(
     )
 
 
-def _values_needed(q: float, orders: FloatArray, sigmas: FloatArray, todo: np.ndarray) -> FloatArray:
+def _values_needed(
+    q: float, orders: FloatArray, sigmas: FloatArray, todo: np.ndarray
+) -> FloatArray:
     """Exact RDP at the nodes (piece x node x order) for the pending (piece, order) pairs only.
 
     Orders pending on the same pieces share one vectorised call; other entries are left at 0.
@@ -149,8 +151,10 @@ def _values_needed(q: float, orders: FloatArray, sigmas: FloatArray, todo: np.nd
 def _leaf_weights(
     leaves: np.ndarray, rough: np.ndarray, position: FloatArray, weights: FloatArray
 ) -> tuple[FloatArray, np.ndarray]:
-    """Quadrature weights at the Chebyshev nodes of every piece (pieces x nodes), and for each
-    point the rough piece holding it (-1 if none; those points go to the exact evaluator).
+    """Quadrature weights at the Chebyshev nodes of every piece, and each point's rough piece.
+
+    Returns (pieces x nodes) weights and, per point, the rough piece holding it (-1 if none; those
+    points go to the exact evaluator).
 
     For a polynomial p of degree <= 24 on a piece, sum_t w_t p(x_t) = M . c = (M @ V^-1) . p(nodes),
     with M the weighted Chebyshev moments of the piece's points and c = V^-1 p(nodes).
@@ -185,5 +189,3 @@ def _occupied(leaves: np.ndarray, position: FloatArray) -> np.ndarray:
     first = np.searchsorted(ordered, starts, side="left")
     last = np.searchsorted(ordered, stops, side="right")
     return np.asarray(last > first)
-
-

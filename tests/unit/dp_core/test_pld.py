@@ -184,8 +184,14 @@ def test_monotone_in_steps_and_noise(q, sigma, steps):
 
 
 def test_nothing_spent():
-    assert compute_epsilon_pld(sample_rate=0.0, noise_multiplier=1.0, steps=10, delta=1e-5).epsilon == 0.0
-    assert compute_epsilon_pld(sample_rate=0.1, noise_multiplier=1.0, steps=0, delta=1e-5).epsilon == 0.0
+    assert (
+        compute_epsilon_pld(sample_rate=0.0, noise_multiplier=1.0, steps=10, delta=1e-5).epsilon
+        == 0.0
+    )
+    assert (
+        compute_epsilon_pld(sample_rate=0.1, noise_multiplier=1.0, steps=0, delta=1e-5).epsilon
+        == 0.0
+    )
 
 
 @pytest.mark.parametrize(
