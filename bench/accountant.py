@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - run from another directory
     from bench.schedule_sum_before import rdp_sampled_gaussian_sum as rdp_sum_before
 
 Q = 0.01
-SCHEDULE = NoiseSchedule("exponential", 2.0, 1e-5)
+SCHEDULE = NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=1e-5)
 
 
 def timed(function: Callable[[], object], repeat: int = 1) -> tuple[float, object]:

@@ -97,7 +97,9 @@ def compute_epsilon(
     steps = non_negative_int("steps", steps)
     return epsilon_of_schedule(
         sample_rate=sample_rate,
-        schedule=NoiseSchedule(schedule, noise_multiplier, decay_rate),
+        schedule=NoiseSchedule(
+            kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
+        ),
         steps=steps,
         delta=delta,
         orders=orders,

@@ -53,7 +53,7 @@ class Laplace:
         object.__setattr__(self, "noise_scale", positive_float("noise_scale", self.noise_scale))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PoissonSampled:
     """``inner`` run on a Poisson sample: each record included independently with ``sample_rate``."""
 
@@ -65,7 +65,7 @@ class PoissonSampled:
         _check_mechanism("inner", self.inner)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Repeated:
     """``inner`` run ``count`` times (adaptively); RDP adds up (Mironov 2017, Prop. 1)."""
 
@@ -89,12 +89,12 @@ class Composed:
             _check_mechanism("parts", part)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampledGaussianSchedule:
     """DP-SGD steps [start_step, start_step + steps) of the Poisson-subsampled Gaussian.
 
     Step t uses noise multiplier ``schedule`` at global step t, so a charge for one epoch of a run
-    with a decaying schedule is ``SampledGaussianSchedule(q, schedule, steps_per_epoch, e * S)``.
+    with a decaying schedule is ``SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps_per_epoch, start_step=e * S)``.
     """
 
     sample_rate: float
@@ -168,11 +168,16 @@ _ENCODERS: dict[type, tuple[str, _Encoder]] = {
 _DECODERS: dict[str, _Decoder] = {
     "gaussian": lambda d: Gaussian(d["noise_multiplier"]),
     "laplace": lambda d: Laplace(d["noise_scale"]),
-    "poisson_sampled": lambda d: PoissonSampled(d["sample_rate"], _decode(d["inner"])),
-    "repeated": lambda d: Repeated(d["count"], _decode(d["inner"])),
+    "poisson_sampled": lambda d: PoissonSampled(
+        sample_rate=d["sample_rate"], inner=_decode(d["inner"])
+    ),
+    "repeated": lambda d: Repeated(count=d["count"], inner=_decode(d["inner"])),
     "composed": lambda d: Composed(tuple(_decode(p) for p in d["parts"])),
     "sampled_gaussian_schedule": lambda d: SampledGaussianSchedule(
-        d["sample_rate"], NoiseSchedule.from_dict(d["schedule"]), d["steps"], d.get("start_step", 0)
+        sample_rate=d["sample_rate"],
+        schedule=NoiseSchedule.from_dict(d["schedule"]),
+        steps=d["steps"],
+        start_step=d.get("start_step", 0),
     ),
 }
 

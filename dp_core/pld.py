@@ -140,12 +140,12 @@ def _threshold(losses: FloatArray, q: float, sigma: float, sign: float) -> Float
         # log(e^v - (1-q)) = v + log1p(-(1-q) e^-v): stable for the large v of the tails.
         log_diff = v if q == 1.0 else v + np.log1p(-(1.0 - q) * np.exp(-v))
     x = sigma**2 * (log_diff - math.log(q)) + 0.5
-    return np.where(np.isnan(x), -np.inf, x)
+    return np.asarray(np.where(np.isnan(x), -np.inf, x), dtype=np.float64)
 
 
 def _ndtr(z: FloatArray) -> FloatArray:
     """Standard normal CDF, from its log (scipy's typed stub); exact in both tails."""
-    return np.exp(special.log_ndtr(z))
+    return np.asarray(np.exp(special.log_ndtr(z)), dtype=np.float64)
 
 
 def _survivals(x: FloatArray, q: float, sigma: float, direction: str) -> tuple[FloatArray, ...]:
@@ -399,7 +399,7 @@ def _schedule_of(
         return schedule
     if noise_multiplier is None:
         raise InvalidParameterError("noise_multiplier", None, "is required")
-    return NoiseSchedule(schedule, noise_multiplier, decay_rate)
+    return NoiseSchedule(kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate)
 
 
 def compute_epsilon_pld(

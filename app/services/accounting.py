@@ -101,10 +101,10 @@ class RunSpec:
     def epochs_mechanism(self, first_epoch: int, stop_epoch: int) -> SampledGaussianSchedule:
         """Return the mechanism of epochs [first_epoch, stop_epoch)."""
         return SampledGaussianSchedule(
-            self.sample_rate,
-            self.schedule,
-            self.steps_per_epoch * (stop_epoch - first_epoch),
-            self.steps_per_epoch * first_epoch,
+            sample_rate=self.sample_rate,
+            schedule=self.schedule,
+            steps=self.steps_per_epoch * (stop_epoch - first_epoch),
+            start_step=self.steps_per_epoch * first_epoch,
         )
 
     @property
@@ -207,7 +207,9 @@ def make_run_spec(
             parameter="epochs",
         )
     with translated_dp_errors():
-        noise = NoiseSchedule(schedule, noise_multiplier, decay_rate)
+        noise = NoiseSchedule(
+            kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
+        )
         spec = RunSpec(sample_rate, steps, epochs, noise)
         spec.epochs_mechanism(0, epochs)
     return spec

@@ -146,7 +146,7 @@ def test_tighter_than_rdp_on_typical_runs():
 
 
 def test_decaying_noise_is_bucketed_downward():
-    schedule = NoiseSchedule("exponential", 2.0, 1e-3)
+    schedule = NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=1e-3)
     exact = compute_epsilon_pld(
         sample_rate=0.02, schedule=schedule, steps=300, delta=1e-5, discretization=1e-3,
         bucket_ratio=1.0,
@@ -202,7 +202,11 @@ def test_nothing_spent():
         {"sample_rate": 0.1, "noise_multiplier": 1.0, "discretization": 0.0},
         {"sample_rate": 0.1, "noise_multiplier": 1.0, "bucket_ratio": 0.9},
         {"sample_rate": 0.1},
-        {"sample_rate": 0.1, "noise_multiplier": 1.0, "schedule": NoiseSchedule("constant", 1.0)},
+        {
+            "sample_rate": 0.1,
+            "noise_multiplier": 1.0,
+            "schedule": NoiseSchedule(kind="constant", noise_multiplier=1.0),
+        },
     ],
 )
 def test_invalid_parameters(kwargs):

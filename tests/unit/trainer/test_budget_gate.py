@@ -13,7 +13,7 @@ PLAN = RunPlan(
     sample_rate=0.1,
     steps_per_epoch=10,
     epochs=3,
-    schedule=NoiseSchedule("exponential", 1.2, 0.01),
+    schedule=NoiseSchedule(kind="exponential", noise_multiplier=1.2, decay_rate=0.01),
     max_grad_norm=1.5,
     delta=1e-5,
     name="test-run",
@@ -83,7 +83,9 @@ def test_http_gate_asks_for_pay_as_you_go_runs_and_checks_the_mode():
 
 
 def test_plan_mechanism_per_epoch_uses_global_steps():
-    assert PLAN.epoch_mechanism(2) == SampledGaussianSchedule(0.1, PLAN.schedule, 10, 20)
+    assert PLAN.epoch_mechanism(2) == SampledGaussianSchedule(
+        sample_rate=0.1, schedule=PLAN.schedule, steps=10, start_step=20
+    )
     assert RunPlan.from_dict(PLAN.to_dict()) == PLAN
 
 
@@ -172,7 +174,7 @@ def test_explicit_schedules_cannot_be_sent_to_the_service():
         sample_rate=0.5,
         steps_per_epoch=2,
         epochs=1,
-        schedule=NoiseSchedule("explicit", values=(1.0, 2.0)),
+        schedule=NoiseSchedule(kind="explicit", values=(1.0, 2.0)),
         max_grad_norm=1.0,
         delta=1e-5,
     )

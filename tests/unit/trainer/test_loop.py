@@ -231,7 +231,7 @@ def test_http_gate_refusal_stops_cleanly_with_a_checkpoint_and_finishes(tmp_path
     ledger = FakeLedger(refuse_from=2)
     trainer = _trainer(
         epochs=5,
-        schedule=NoiseSchedule("exponential", 1.0, 0.01),
+        schedule=NoiseSchedule(kind="exponential", noise_multiplier=1.0, decay_rate=0.01),
         noise_multiplier=None,
         checkpoint_dir=tmp_path,
         gate=_http_gate(ledger),
@@ -291,7 +291,7 @@ def test_generic_map_style_dataset_is_supported():
 
 def test_bad_settings_are_refused():
     with pytest.raises(InvalidParameterError, match="noise_multiplier"):
-        _trainer(schedule=NoiseSchedule("constant", 1.0))
+        _trainer(schedule=NoiseSchedule(kind="constant", noise_multiplier=1.0))
     with pytest.raises(InvalidParameterError, match="sample_rate"):
         _trainer(expected_batch_size=5000)
     with pytest.raises(InvalidParameterError, match="count_noise_std"):
