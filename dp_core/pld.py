@@ -357,7 +357,8 @@ def epsilon_of_pld(pld: DiscretePld, delta: float, slack: float = 0.0) -> float:
     weighted = np.cumsum((probs * np.exp(-losses))[::-1])[::-1]  # B_k
     a_next = np.append(mass[1:], base)
     b_next = np.append(weighted[1:], 0.0)
-    at_grid = a_next - np.exp(losses) * b_next  # delta(l_k)
+    with np.errstate(divide="ignore"):  # e^{l_k} B_{k+1} in log space: no overflow for big l_k
+        at_grid = a_next - np.exp(losses + np.log(b_next))  # delta(l_k)
     if mass[0] - weighted[0] <= delta:  # delta(0): the l = 0 term contributes p (1 - 1) = 0
         return 0.0
     k = int(np.argmax(at_grid <= delta))

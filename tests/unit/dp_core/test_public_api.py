@@ -21,6 +21,9 @@ def test_public_all_is_exactly_the_facade():
             "GNMaxQueries", "LNMaxQueries", "PateReport", "aggregate_votes", "analyze_votes",
             "mechanism_for_gaussian_release", "mechanism_for_laplace_release", "pate_mechanism",
             "votes_from_predictions",
+            # PLD, user level, statement (issue 13)
+            "PldEpsilon", "compute_epsilon_pld", "UserLevelEpsilon", "compute_user_epsilon",
+            "PrivacyStatement", "build_privacy_statement", "render_privacy_statement",
         ]
     )  # fmt: skip
     for name in dp_core.__all__:
