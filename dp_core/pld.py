@@ -206,7 +206,9 @@ def sampled_gaussian_pld(
     a = np.where(upper, p_hi[:-1] - p_hi[1:], p_lo[1:] - p_lo[:-1])
     b = np.where(upper, q_hi[:-1] - q_hi[1:], q_lo[1:] - q_lo[:-1])
     a, b = np.maximum(a, 0.0), np.maximum(b, 0.0)
-    to_upper = np.clip((a - np.exp(losses[:-1]) * b) / -math.expm1(-h), 0.0, a)
+    with np.errstate(divide="ignore"):  # e^{e_j} b_j in log space: no overflow at large losses
+        shifted_b = np.exp(losses[:-1] + np.log(b))
+    to_upper = np.clip((a - shifted_b) / -math.expm1(-h), 0.0, a)
     probs = np.zeros(losses.size)
     probs[1:] += to_upper
     probs[:-1] += a - to_upper
@@ -352,6 +354,8 @@ def epsilon_of_pld(pld: DiscretePld, delta: float, slack: float = 0.0) -> float:
     h = pld.discretization
     start = max(0, -pld.offset)  # only losses >= 0 matter for epsilon >= 0 (and e^-l <= 1)
     probs = pld.probs[start:]
+    if probs.size == 0:  # every finite loss is negative: delta(0) is the +inf mass alone
+        return 0.0
     losses = h * (pld.offset + start + np.arange(probs.size))
     mass = base + np.cumsum(probs[::-1])[::-1]  # A_k
     weighted = np.cumsum((probs * np.exp(-losses))[::-1])[::-1]  # B_k
