@@ -155,7 +155,11 @@ def build_privacy_statement(
         sample_rate=q, schedule=schedule, steps=steps, delta=delta, orders=orders, warn=False
     )
     pld = compute_epsilon_pld(sample_rate=q, schedule=schedule, steps=steps, delta=delta)
-    epoch_rdp, epoch_order, epoch_pld = _epoch_level(schedule, steps, per_epoch, delta, orders)
+    # q = 0 samples no example, so no epoch touches one.
+    epoch_steps = steps if q > 0.0 else 0
+    epoch_rdp, epoch_order, epoch_pld = _epoch_level(
+        schedule, epoch_steps, per_epoch, delta, orders
+    )
     user = compute_user_epsilon(
         sample_rate=q, schedule=schedule, steps=steps, delta=delta,
         records_per_user=records_per_user, orders=orders,
