@@ -62,6 +62,7 @@ from dp_core.validation import non_negative_int, open_probability, positive_floa
 __all__ = [
     "DEFAULT_BUCKET_RATIO",
     "DEFAULT_DISCRETIZATION",
+    "EXACT_SCHEDULE_DISCRETIZATION",
     "SCHEDULE_DISCRETIZATION",
     "DiscretePld",
     "PldEpsilon",
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_DISCRETIZATION = 8e-5  # a little finer than dp_accounting's 1e-4 (up to 8 sigmas)
+EXACT_SCHEDULE_DISCRETIZATION = 3e-4  # default for 9 to 256 distinct sigmas (used exactly)
 SCHEDULE_DISCRETIZATION = 1e-3  # default when composing many distinct (bucketed) sigmas
 DEFAULT_BUCKET_RATIO = 1.005
 _TAIL_Z = 11.0  # per-step tails beyond 11 standard deviations: Phi(-11) ~ 2e-28
@@ -432,9 +434,10 @@ def compute_epsilon_pld(
         schedule: Schedule kind (as :class:`~dp_core.schedules.NoiseSchedule`) or a schedule.
         decay_rate: Decay rate k of the schedule kind.
         discretization: Grid width h of the privacy loss; by default :data:`DEFAULT_DISCRETIZATION`
-            (a little finer than dp_accounting's 1e-4) for up to 8 distinct sigmas and
-            :data:`SCHEDULE_DISCRETIZATION` beyond (the error of the composed epsilon shrinks like
-            h^2; a coarser grid keeps a 100,000-step decaying schedule under 2 s).
+            (a little finer than dp_accounting's 1e-4) for up to 8 distinct sigmas,
+            :data:`EXACT_SCHEDULE_DISCRETIZATION` up to 256 (used exactly) and
+            :data:`SCHEDULE_DISCRETIZATION` once sigmas are rounded into buckets (the error of the composed epsilon shrinks like h^2; the work grows like the
+            number of sigmas over h, so a 100,000-step decaying schedule stays under 2 s).
         bucket_ratio: r >= 1: decaying sigmas are rounded down to sigma_max * r^-k (1.0: exact).
     """
     q = probability("sample_rate", sample_rate)
@@ -453,8 +456,7 @@ def compute_epsilon_pld(
     distinct, steps_each = noise.segments(0, steps)
     sigmas, counts = _buckets(distinct, steps_each, ratio)
     exact = distinct.size <= _EXACT_SIGMAS or ratio == 1.0
-    fine = sigmas.size <= _FINE_GRID_SIGMAS
-    h = discretization or (DEFAULT_DISCRETIZATION if fine else SCHEDULE_DISCRETIZATION)
+    h = discretization or _default_discretization(sigmas.size, rounded=not exact)
     epsilons = {
         direction: _epsilon_direction(q, sigmas, counts, direction, h, delta)
         for direction in _DIRECTIONS
@@ -469,6 +471,18 @@ def compute_epsilon_pld(
         buckets=int(sigmas.size),
         bucket_ratio=1.0 if exact else ratio,
     )
+
+
+def _default_discretization(buckets: int, *, rounded: bool) -> float:
+    """The grid that keeps the work (about buckets / h) bounded: finer for fewer sigmas.
+
+    Once sigmas are rounded down (up to 0.5% each), that dominates the grid's error anyway.
+    """
+    if buckets <= _FINE_GRID_SIGMAS:
+        return DEFAULT_DISCRETIZATION
+    if buckets <= _EXACT_SIGMAS and not rounded:
+        return EXACT_SCHEDULE_DISCRETIZATION
+    return SCHEDULE_DISCRETIZATION
 
 
 def _epsilon_direction(
