@@ -47,7 +47,7 @@ def run(train: TensorDataset, test: TensorDataset, *, weights: str | None, seed:
     )
     trainer = DPTrainer(model, torch.optim.SGD(model.parameters(), lr=2.0), train, loss_fn=loss,
                         max_grad_norm=1.0, epochs=epochs, expected_batch_size=128,
-                        schedule=NoiseSchedule("constant", 1.0), seed=seed)  # fmt: skip
+                        schedule=NoiseSchedule(kind="constant", noise_multiplier=1.0), seed=seed)  # fmt: skip
     result = trainer.fit()
     return (*scores(model, test), result.epsilon)
 

@@ -1,6 +1,7 @@
 """dp_core: privacy accounting for DP machine learning (numpy/scipy only).
 
-The facade below covers the common DP-SGD questions; the building blocks live in
+The facade below covers the common DP-SGD questions (RDP and PLD epsilons, calibration, user-level
+epsilon, the privacy statement); the building blocks live in
 :mod:`dp_core.mechanisms`, :mod:`dp_core.rdp`, :mod:`dp_core.conversion`,
 :mod:`dp_core.accountant` and :mod:`dp_core.calibration`; PATE's aggregators and their analysis
 in :mod:`dp_core.pate`.
@@ -22,6 +23,7 @@ from dp_core.errors import (
     InvalidParameterError,
     UnsupportedMechanismError,
 )
+from dp_core.group import UserLevelEpsilon, compute_user_epsilon
 from dp_core.mechanisms import (
     Composed,
     Gaussian,
@@ -41,8 +43,10 @@ from dp_core.pate import (
     pate_mechanism,
     votes_from_predictions,
 )
+from dp_core.pld import PldEpsilon, compute_epsilon_pld
 from dp_core.rdp.orders import DEFAULT_ORDERS
 from dp_core.schedules import NoiseSchedule
+from dp_core.statement import PrivacyStatement, build_privacy_statement, render_privacy_statement
 from dp_core.validation import non_negative_int
 
 __all__ = [
@@ -60,20 +64,27 @@ __all__ = [
     "NoiseCalibration",
     "NoiseSchedule",
     "PateReport",
+    "PldEpsilon",
+    "PrivacyStatement",
     "PoissonSampled",
     "RdpAccountant",
     "Repeated",
     "SampledGaussianSchedule",
     "StepsCalibration",
     "UnsupportedMechanismError",
+    "UserLevelEpsilon",
     "aggregate_votes",
     "analyze_votes",
+    "build_privacy_statement",
     "calibrate_noise_multiplier",
     "compute_epsilon",
+    "compute_epsilon_pld",
+    "compute_user_epsilon",
     "max_steps",
     "mechanism_for_gaussian_release",
     "mechanism_for_laplace_release",
     "pate_mechanism",
+    "render_privacy_statement",
     "votes_from_predictions",
 ]
 
@@ -97,7 +108,9 @@ def compute_epsilon(
     steps = non_negative_int("steps", steps)
     return epsilon_of_schedule(
         sample_rate=sample_rate,
-        schedule=NoiseSchedule(schedule, noise_multiplier, decay_rate),
+        schedule=NoiseSchedule(
+            kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
+        ),
         steps=steps,
         delta=delta,
         orders=orders,

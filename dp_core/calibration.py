@@ -64,7 +64,9 @@ def epsilon_of_schedule(
 ) -> EpsilonReport:
     """Epsilon of ``steps`` DP-SGD steps (Poisson-sampled Gaussian following ``schedule``)."""
     accountant = RdpAccountant(orders)
-    accountant.compose(SampledGaussianSchedule(sample_rate, schedule, steps))
+    accountant.compose(
+        SampledGaussianSchedule(sample_rate=sample_rate, schedule=schedule, steps=steps)
+    )
     return accountant.get_epsilon(delta, warn=warn)
 
 
@@ -90,12 +92,14 @@ def calibrate_noise_multiplier(
     """
     target = positive_float("target_epsilon", target_epsilon)
     delta = open_probability("delta", delta)
-    NoiseSchedule(schedule, 1.0, decay_rate)  # validate the schedule before searching
+    NoiseSchedule(
+        kind=schedule, noise_multiplier=1.0, decay_rate=decay_rate
+    )  # validate the schedule before searching
 
     def report(sigma: float, warn: bool = False) -> EpsilonReport:
         return epsilon_of_schedule(
             sample_rate=sample_rate,
-            schedule=NoiseSchedule(schedule, sigma, decay_rate),
+            schedule=NoiseSchedule(kind=schedule, noise_multiplier=sigma, decay_rate=decay_rate),
             steps=steps,
             delta=delta,
             orders=orders,
@@ -163,7 +167,7 @@ def max_steps_within_budget(
     target = positive_float("target_epsilon", target_epsilon)
     delta = open_probability("delta", delta)
     limit = non_negative_int("limit", limit)
-    noise = NoiseSchedule(schedule, noise_multiplier, decay_rate)
+    noise = NoiseSchedule(kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate)
 
     def report(steps: int, warn: bool = False) -> EpsilonReport:
         return epsilon_of_schedule(
@@ -213,7 +217,9 @@ def _constant_grid_guess(
     from dp_core.rdp.orders import DEFAULT_ORDERS
 
     grid: FloatArray = np.asarray(DEFAULT_ORDERS if orders is None else orders, dtype=np.float64)
-    per_step = compute_rdp(SampledGaussianSchedule(sample_rate, noise, 1), grid)
+    per_step = compute_rdp(
+        SampledGaussianSchedule(sample_rate=sample_rate, schedule=noise, steps=1), grid
+    )
     offsets = epsilon_at_orders(grid, np.zeros(grid.size), math.log(delta))
     with np.errstate(divide="ignore", invalid="ignore"):
         counts = np.where(per_step > 0, np.floor((target - offsets) / per_step), np.inf)

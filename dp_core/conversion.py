@@ -99,7 +99,8 @@ def _checked(orders: object, rdp: object) -> tuple[FloatArray, FloatArray]:
 def _warn_edge(at_edge: bool, order: float) -> None:
     if at_edge:
         warnings.warn(
-            f"optimal Renyi order {order:g} is at the edge of the grid; extend the orders",
+            f"optimal Renyi order {order:g} is at the edge of the grid; extend the orders "
+            "(dpledger: --orders 1.5,2,4,...,4096; API and library: orders)",
             GridEdgeWarning,
             stacklevel=3,
         )

@@ -7,13 +7,14 @@ Parameters are validated on construction, so an invalid description cannot exist
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
-from dp_core.validation import non_negative_int, positive_float, probability
+from dp_core.validation import finite_float, non_negative_int, positive_float, probability
 
 __all__ = [
     "MECHANISM_FORMAT_VERSION",
@@ -24,6 +25,7 @@ __all__ = [
     "PoissonSampled",
     "Repeated",
     "SampledGaussianSchedule",
+    "Tuning",
     "mechanism_from_dict",
     "mechanism_to_dict",
 ]
@@ -53,7 +55,7 @@ class Laplace:
         object.__setattr__(self, "noise_scale", positive_float("noise_scale", self.noise_scale))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PoissonSampled:
     """``inner`` run on a Poisson sample: each record included independently with ``sample_rate``."""
 
@@ -65,7 +67,7 @@ class PoissonSampled:
         _check_mechanism("inner", self.inner)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Repeated:
     """``inner`` run ``count`` times (adaptively); RDP adds up (Mironov 2017, Prop. 1)."""
 
@@ -89,12 +91,12 @@ class Composed:
             _check_mechanism("parts", part)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampledGaussianSchedule:
     """DP-SGD steps [start_step, start_step + steps) of the Poisson-subsampled Gaussian.
 
     Step t uses noise multiplier ``schedule`` at global step t, so a charge for one epoch of a run
-    with a decaying schedule is ``SampledGaussianSchedule(q, schedule, steps_per_epoch, e * S)``.
+    with a decaying schedule is ``SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps_per_epoch, start_step=e * S)``.
     """
 
     sample_rate: float
@@ -113,8 +115,58 @@ class SampledGaussianSchedule:
             self.schedule.noise_multipliers(self.start_step, self.start_step + self.steps)
 
 
+TUNING_DISTRIBUTIONS = ("negative_binomial", "poisson")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """Hyperparameter tuning: ``base`` run a random number K of times, the best run released.
+
+    Papernot & Steinke 2022, "Hyperparameter tuning with Renyi differential privacy". K follows
+    the truncated negative binomial D_{eta,gamma} (``distribution="negative_binomial"``; eta = 1
+    is the geometric distribution, eta = 0 the logarithmic one), with
+    P[K = k] proportional to (1 - gamma)^k prod_{l<k} (l + eta)/(l + 1) for k >= 1, or the
+    Poisson distribution with mean ``mu`` (``distribution="poisson"``). Each run may use other
+    hyperparameters; ``base`` must bound every candidate (e.g. the noisiest-spending one).
+    """
+
+    base: Mechanism
+    distribution: str
+    eta: float = 1.0
+    gamma: float = 0.5
+    mu: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_mechanism("base", self.base)
+        if self.distribution not in TUNING_DISTRIBUTIONS:
+            raise InvalidParameterError(
+                "distribution",
+                self.distribution,
+                f"must be one of {', '.join(TUNING_DISTRIBUTIONS)}",
+            )
+        eta = finite_float("eta", self.eta)
+        if eta <= -1.0:
+            raise InvalidParameterError("eta", self.eta, "must be > -1")
+        gamma = probability("gamma", self.gamma)
+        if not 0.0 < gamma < 1.0:
+            raise InvalidParameterError("gamma", self.gamma, "must be in (0, 1)")
+        object.__setattr__(self, "eta", eta)
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "mu", positive_float("mu", self.mu))
+
+    @property
+    def expected_runs(self) -> float:
+        """E[K] (Papernot & Steinke 2022, Sec. 3 for the truncated negative binomial)."""
+        if self.distribution == "poisson":
+            return self.mu
+        g, eta = self.gamma, self.eta
+        if eta == 0.0:  # logarithmic distribution
+            return (1.0 / g - 1.0) / math.log(1.0 / g)
+        return float(eta * (1.0 - g) / (g * (1.0 - g**eta)))
+
+
 Mechanism: TypeAlias = (
-    Gaussian | Laplace | PoissonSampled | Repeated | Composed | SampledGaussianSchedule
+    Gaussian | Laplace | PoissonSampled | Repeated | Composed | SampledGaussianSchedule | Tuning
 )
 MECHANISM_TYPES: tuple[type, ...] = (
     Gaussian,
@@ -123,6 +175,7 @@ MECHANISM_TYPES: tuple[type, ...] = (
     Repeated,
     Composed,
     SampledGaussianSchedule,
+    Tuning,
 )
 
 
@@ -163,16 +216,38 @@ _ENCODERS: dict[type, tuple[str, _Encoder]] = {
     Repeated: ("repeated", lambda m: {"count": m.count, "inner": _encode(m.inner)}),
     Composed: ("composed", lambda m: {"parts": [_encode(p) for p in m.parts]}),
     SampledGaussianSchedule: ("sampled_gaussian_schedule", _encode_schedule_mech),
+    Tuning: (
+        "tuning",
+        lambda m: {
+            "base": _encode(m.base),
+            "distribution": m.distribution,
+            "eta": m.eta,
+            "gamma": m.gamma,
+            "mu": m.mu,
+        },
+    ),
 }
 
 _DECODERS: dict[str, _Decoder] = {
     "gaussian": lambda d: Gaussian(d["noise_multiplier"]),
     "laplace": lambda d: Laplace(d["noise_scale"]),
-    "poisson_sampled": lambda d: PoissonSampled(d["sample_rate"], _decode(d["inner"])),
-    "repeated": lambda d: Repeated(d["count"], _decode(d["inner"])),
+    "poisson_sampled": lambda d: PoissonSampled(
+        sample_rate=d["sample_rate"], inner=_decode(d["inner"])
+    ),
+    "repeated": lambda d: Repeated(count=d["count"], inner=_decode(d["inner"])),
     "composed": lambda d: Composed(tuple(_decode(p) for p in d["parts"])),
     "sampled_gaussian_schedule": lambda d: SampledGaussianSchedule(
-        d["sample_rate"], NoiseSchedule.from_dict(d["schedule"]), d["steps"], d.get("start_step", 0)
+        sample_rate=d["sample_rate"],
+        schedule=NoiseSchedule.from_dict(d["schedule"]),
+        steps=d["steps"],
+        start_step=d.get("start_step", 0),
+    ),
+    "tuning": lambda d: Tuning(
+        base=_decode(d["base"]),
+        distribution=d["distribution"],
+        eta=d.get("eta", 1.0),
+        gamma=d.get("gamma", 0.5),
+        mu=d.get("mu", 1.0),
     ),
 }
 

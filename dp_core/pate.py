@@ -66,7 +66,7 @@ __all__ = [
 IntArray = npt.NDArray[np.int64]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GNMaxQueries:
     """``queries`` answers of GNMax: argmax of the vote counts plus N(0, sigma^2) noise on each.
 
@@ -84,7 +84,7 @@ class GNMaxQueries:
         object.__setattr__(self, "queries", non_negative_int("queries", self.queries))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LNMaxQueries:
     """``queries`` answers of LNMax: argmax of the vote counts plus Laplace(b) noise on each.
 
@@ -141,8 +141,8 @@ _AGGREGATORS: dict[type, _Aggregator] = {
 
 AGGREGATORS: tuple[str, ...] = ("gnmax", "lnmax")
 _BY_NAME: dict[str, Callable[[float, int], PateMechanism]] = {
-    "gnmax": lambda noise, queries: GNMaxQueries(noise, queries),
-    "lnmax": lambda noise, queries: LNMaxQueries(noise, queries),
+    "gnmax": lambda noise, queries: GNMaxQueries(noise_multiplier=noise, queries=queries),
+    "lnmax": lambda noise, queries: LNMaxQueries(noise_scale=noise, queries=queries),
 }
 
 
@@ -169,13 +169,13 @@ register_mechanism_codec(
     GNMaxQueries,
     "pate_gnmax",
     lambda m: {"noise_multiplier": m.noise_multiplier, "queries": m.queries},
-    lambda d: GNMaxQueries(d["noise_multiplier"], d["queries"]),
+    lambda d: GNMaxQueries(noise_multiplier=d["noise_multiplier"], queries=d["queries"]),
 )
 register_mechanism_codec(
     LNMaxQueries,
     "pate_lnmax",
     lambda m: {"noise_scale": m.noise_scale, "queries": m.queries},
-    lambda d: LNMaxQueries(d["noise_scale"], d["queries"]),
+    lambda d: LNMaxQueries(noise_scale=d["noise_scale"], queries=d["queries"]),
 )
 
 

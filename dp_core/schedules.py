@@ -42,7 +42,7 @@ def parse_schedule_kind(name: object) -> str:
     return key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NoiseSchedule:
     """Noise multiplier as a function of the 0-based global step.
 
@@ -152,7 +152,11 @@ class NoiseSchedule:
         factor = positive_float("factor", factor)
         if self.kind == "explicit":
             return NoiseSchedule(kind="explicit", values=tuple(v * factor for v in self.values))
-        return NoiseSchedule(self.kind, self.noise_multiplier * factor, self.decay_rate)
+        return NoiseSchedule(
+            kind=self.kind,
+            noise_multiplier=self.noise_multiplier * factor,
+            decay_rate=self.decay_rate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description."""

@@ -85,7 +85,13 @@ def _register_all() -> None:
 
     accounting_cli.register(cli)
     # Service and trainer commands; each module imports its heavy dependencies only when run.
-    for name in ("dpledger.pate_cli", "app.cli", "dp_core.trainer.cli", "dpledger.audit_cli"):
+    for name in (
+        "dpledger.statement_cli",
+        "dpledger.pate_cli",
+        "app.cli",
+        "dp_core.trainer.cli",
+        "dpledger.audit_cli",
+    ):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as missing:

@@ -53,7 +53,11 @@ def main() -> None:
     plain = {}
     for name, (q, sigma, epochs) in WORKLOADS.items():
         steps = math.ceil(1 / q) * epochs
-        mech = SampledGaussianSchedule(q, NoiseSchedule("constant", sigma), steps)
+        mech = SampledGaussianSchedule(
+            sample_rate=q,
+            schedule=NoiseSchedule(kind="constant", noise_multiplier=sigma),
+            steps=steps,
+        )
         curves[name] = dict(zip(all_orders, compute_rdp(mech, np.array(all_orders)), strict=True))
         rdp = np.array([curves[name][a] for a in DEFAULT_ORDERS])
         plain[name] = rdp_to_epsilon(

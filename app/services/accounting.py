@@ -132,7 +132,9 @@ def make_run_spec(
             parameter="epochs",
         )
     with translated_dp_errors():
-        noise = NoiseSchedule(schedule, noise_multiplier, decay_rate)
+        noise = NoiseSchedule(
+            kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
+        )
         spec = RunSpec(sample_rate, steps, epochs, noise)
         spec.mechanism(0, epochs)
     return spec

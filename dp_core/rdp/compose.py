@@ -19,12 +19,14 @@ from dp_core.mechanisms import (
     PoissonSampled,
     Repeated,
     SampledGaussianSchedule,
+    Tuning,
 )
 from dp_core.rdp.gaussian import rdp_gaussian
 from dp_core.rdp.laplace import rdp_laplace
 from dp_core.rdp.orders import FloatArray, validate_orders
 from dp_core.rdp.sampled_gaussian import rdp_sampled_gaussian
 from dp_core.rdp.schedule_sum import rdp_sampled_gaussian_sum
+from dp_core.rdp.tuning import rdp_tuning
 
 __all__ = ["compute_rdp", "register_rdp"]
 
@@ -75,6 +77,10 @@ def _schedule(m: SampledGaussianSchedule, orders: FloatArray) -> FloatArray:
     )
 
 
+def _tuning(m: Tuning, orders: FloatArray) -> FloatArray:
+    return rdp_tuning(m, orders, _rdp)
+
+
 _TABLE: dict[type, RdpFunction] = {
     Gaussian: _gaussian,
     Laplace: _laplace,
@@ -82,6 +88,7 @@ _TABLE: dict[type, RdpFunction] = {
     Repeated: _repeated,
     Composed: _composed,
     SampledGaussianSchedule: _schedule,
+    Tuning: _tuning,
 }
 
 

@@ -256,7 +256,7 @@ def _train_private(
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
         sample_rate=q,
-        schedule=NoiseSchedule("constant", sigma),
+        schedule=NoiseSchedule(kind="constant", noise_multiplier=sigma),
         delta=config.delta,
         seed=config.seed,
         name="dpledger-audit",

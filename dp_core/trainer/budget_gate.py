@@ -10,7 +10,7 @@ point, before an epoch starts, and runs the epoch only when the gate has charged
   (it lives in ``dpledger`` because dp_core never imports it; ``dpledger train --service`` hands
   the train command a :class:`RemoteGateFactory` that builds it).
 
-The mechanism of epoch e with S steps per epoch is ``SampledGaussianSchedule(q, schedule, S, e*S)``:
+The mechanism of epoch e with S steps per epoch is ``SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=S, start_step=e*S)``:
 the Poisson-subsampled Gaussian at the schedule's sigma_t for each global step t (Mironov, Talwar &
 Zhang 2019), exactly what the loop executes.
 """
@@ -70,7 +70,10 @@ class RunPlan:
         """Return the mechanism of epochs [start_epoch, stop_epoch)."""
         s = self.steps_per_epoch
         return SampledGaussianSchedule(
-            self.sample_rate, self.schedule, (stop_epoch - start_epoch) * s, start_epoch * s
+            sample_rate=self.sample_rate,
+            schedule=self.schedule,
+            steps=(stop_epoch - start_epoch) * s,
+            start_step=start_epoch * s,
         )
 
     def epoch_mechanism(self, epoch: int) -> SampledGaussianSchedule:

@@ -205,7 +205,9 @@ def calibrate_group_noise_multiplier(
 
     def eps(sigma: float) -> float:
         mechanism = SampledGaussianSchedule(
-            sample_rate, NoiseSchedule(schedule, sigma, decay_rate), steps
+            sample_rate=sample_rate,
+            schedule=NoiseSchedule(kind=schedule, noise_multiplier=sigma, decay_rate=decay_rate),
+            steps=steps,
         )
         return group_epsilon(mechanism, delta=delta, group_size=group_size)
 

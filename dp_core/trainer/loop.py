@@ -175,7 +175,9 @@ def _resolve_schedule(
         )
     if schedule is not None:
         return schedule
-    return NoiseSchedule("constant", positive_float("noise_multiplier", noise_multiplier))
+    return NoiseSchedule(
+        kind="constant", noise_multiplier=positive_float("noise_multiplier", noise_multiplier)
+    )
 
 
 def _resolve_sample_rate(

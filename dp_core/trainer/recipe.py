@@ -144,7 +144,7 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
             schedule=config.schedule,
             decay_rate=config.decay_rate,
         ).noise_multiplier
-    return NoiseSchedule(config.schedule, sigma, config.decay_rate)
+    return NoiseSchedule(kind=config.schedule, noise_multiplier=sigma, decay_rate=config.decay_rate)
 
 
 class _NoRemoteGate:

@@ -26,7 +26,9 @@ def capacity(orders, weights, epsilon, delta):
 def planned_rdp(orders, *, sample_rate, noise_multiplier, epochs):
     steps = math.ceil(1 / sample_rate) * epochs
     mechanism = SampledGaussianSchedule(
-        sample_rate, NoiseSchedule("constant", noise_multiplier), steps
+        sample_rate=sample_rate,
+        schedule=NoiseSchedule(kind="constant", noise_multiplier=noise_multiplier),
+        steps=steps,
     )
     return np.asarray(compute_rdp(mechanism, np.asarray(orders)))
 

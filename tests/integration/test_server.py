@@ -28,7 +28,11 @@ def capacity(epsilon):
 
 def run_rdp(epochs, sample_rate=0.004, noise_multiplier=1.0):
     steps = math.ceil(1 / sample_rate) * epochs
-    mech = SampledGaussianSchedule(sample_rate, NoiseSchedule("constant", noise_multiplier), steps)
+    mech = SampledGaussianSchedule(
+        sample_rate=sample_rate,
+        schedule=NoiseSchedule(kind="constant", noise_multiplier=noise_multiplier),
+        steps=steps,
+    )
     # What the ledger charges: the exact RDP enlarged by its stated margin (app.ledger.rounding).
     return np.asarray(compute_rdp(mech, np.asarray(ORDERS))) * (1 + RDP_RELATIVE_MARGIN)
 

@@ -25,10 +25,15 @@ from dp_core.schedules import NoiseSchedule
 MECHANISMS = [
     Gaussian(1.5),
     Laplace(2.0),
-    PoissonSampled(0.01, Gaussian(1.1)),
-    Repeated(10, PoissonSampled(0.01, Gaussian(1.1))),
+    PoissonSampled(sample_rate=0.01, inner=Gaussian(1.1)),
+    Repeated(count=10, inner=PoissonSampled(sample_rate=0.01, inner=Gaussian(1.1))),
     Composed((Gaussian(3.0), Laplace(5.0))),
-    SampledGaussianSchedule(0.01, NoiseSchedule("exponential", 1.5, 0.001), 50, 100),
+    SampledGaussianSchedule(
+        sample_rate=0.01,
+        schedule=NoiseSchedule(kind="exponential", noise_multiplier=1.5, decay_rate=0.001),
+        steps=50,
+        start_step=100,
+    ),
 ]
 
 
@@ -48,19 +53,29 @@ def test_composition_is_additive(mechanism):
 
 def test_repeated_and_schedule_agree_with_steps():
     orders = np.array([2.0, 8.5, 32.0])
-    schedule = SampledGaussianSchedule(0.02, NoiseSchedule("constant", 1.1), 100)
-    repeated = Repeated(100, PoissonSampled(0.02, Gaussian(1.1)))
+    schedule = SampledGaussianSchedule(
+        sample_rate=0.02, schedule=NoiseSchedule(kind="constant", noise_multiplier=1.1), steps=100
+    )
+    repeated = Repeated(count=100, inner=PoissonSampled(sample_rate=0.02, inner=Gaussian(1.1)))
     np.testing.assert_allclose(
         compute_rdp(schedule, orders), compute_rdp(repeated, orders), rtol=1e-12
     )
 
 
 def test_epochs_of_a_decaying_schedule_add_up_to_the_whole_run():
-    schedule = NoiseSchedule("inverse-time", 2.0, 0.01)
+    schedule = NoiseSchedule(kind="inverse-time", noise_multiplier=2.0, decay_rate=0.01)
     orders = np.array([1.5, 4.0, 16.0])
-    whole = compute_rdp(SampledGaussianSchedule(0.05, schedule, 300), orders)
+    whole = compute_rdp(
+        SampledGaussianSchedule(sample_rate=0.05, schedule=schedule, steps=300), orders
+    )
     epochs = sum(
-        compute_rdp(SampledGaussianSchedule(0.05, schedule, 100, 100 * e), orders) for e in range(3)
+        compute_rdp(
+            SampledGaussianSchedule(
+                sample_rate=0.05, schedule=schedule, steps=100, start_step=100 * e
+            ),
+            orders,
+        )
+        for e in range(3)
     )
     np.testing.assert_allclose(epochs, whole, rtol=1e-10)
 
@@ -70,17 +85,19 @@ def test_unsupported_mechanism_leaves_state_untouched():
     accountant.compose(Gaussian(2.0))
     before = accountant.rdp
     with pytest.raises(UnsupportedMechanismError):
-        accountant.compose(Composed((Gaussian(1.0), PoissonSampled(0.1, Laplace(1.0)))))
+        accountant.compose(
+            Composed((Gaussian(1.0), PoissonSampled(sample_rate=0.1, inner=Laplace(1.0))))
+        )
     np.testing.assert_array_equal(accountant.rdp, before)
     assert len(accountant.entries) == 1
 
 
 def test_invalid_parameters_cannot_be_built():
     with pytest.raises(InvalidParameterError) as caught:
-        PoissonSampled(1.5, Gaussian(1.0))
+        PoissonSampled(sample_rate=1.5, inner=Gaussian(1.0))
     assert caught.value.parameter == "sample_rate"
     with pytest.raises(InvalidParameterError):
-        Repeated(-1, Gaussian(1.0))
+        Repeated(count=-1, inner=Gaussian(1.0))
     with pytest.raises(InvalidParameterError):
         Gaussian(float("inf"))
 
@@ -98,7 +115,7 @@ def test_state_round_trips_through_json():
 
 def test_epsilon_and_delta_are_inverse():
     accountant = RdpAccountant()
-    accountant.compose(PoissonSampled(0.01, Gaussian(1.0)), 1000)
+    accountant.compose(PoissonSampled(sample_rate=0.01, inner=Gaussian(1.0)), 1000)
     eps = accountant.get_epsilon(1e-5)
     delta = accountant.get_delta(eps.epsilon)
     assert delta.delta <= 1e-5 * (1 + 1e-6)
@@ -108,7 +125,7 @@ def test_epsilon_and_delta_are_inverse():
 
 def test_real_order_refinement_is_a_valid_order_and_never_worse():
     accountant = RdpAccountant()
-    accountant.compose(PoissonSampled(0.0041666, Gaussian(1.3)), 720)
+    accountant.compose(PoissonSampled(sample_rate=0.0041666, inner=Gaussian(1.3)), 720)
     report = accountant.get_epsilon(1e-5)
     direct = rdp_to_epsilon(
         orders=[report.order], rdp=[accountant.rdp_at(report.order)], delta=1e-5, warn=False
@@ -143,5 +160,5 @@ def test_grid_edge_is_reported_and_warned():
 
 def test_zero_steps_cost_nothing():
     accountant = RdpAccountant()
-    accountant.compose(PoissonSampled(0.1, Gaussian(1.0)), 0)
+    accountant.compose(PoissonSampled(sample_rate=0.1, inner=Gaussian(1.0)), 0)
     assert accountant.get_epsilon(1e-5).epsilon == 0.0

@@ -45,7 +45,11 @@ from tests.unit.dp_core.oracles import rdp_laplace_quad
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ORDERS = np.array([1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0])
-PATE_MECHANISMS = [GNMaxQueries(40.0, 300), LNMaxQueries(20.0, 7), GNMaxQueries(2.5)]
+PATE_MECHANISMS = [
+    GNMaxQueries(noise_multiplier=40.0, queries=300),
+    LNMaxQueries(noise_scale=20.0, queries=7),
+    GNMaxQueries(noise_multiplier=2.5),
+]
 
 
 # --- records: validation, codec, dispatch table, accountant -----------------------------------
@@ -54,12 +58,12 @@ PATE_MECHANISMS = [GNMaxQueries(40.0, 300), LNMaxQueries(20.0, 7), GNMaxQueries(
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: GNMaxQueries(0.0, 1),
-        lambda: GNMaxQueries(float("nan"), 1),
-        lambda: GNMaxQueries(1.0, -1),
-        lambda: GNMaxQueries(1.0, 1.5),
-        lambda: LNMaxQueries(-1.0, 1),
-        lambda: LNMaxQueries(True, 1),
+        lambda: GNMaxQueries(noise_multiplier=0.0, queries=1),
+        lambda: GNMaxQueries(noise_multiplier=float("nan"), queries=1),
+        lambda: GNMaxQueries(noise_multiplier=1.0, queries=-1),
+        lambda: GNMaxQueries(noise_multiplier=1.0, queries=1.5),
+        lambda: LNMaxQueries(noise_scale=-1.0, queries=1),
+        lambda: LNMaxQueries(noise_scale=True, queries=1),
         lambda: pate_mechanism("maxmax", noise_multiplier=1.0, queries=1),
     ],
 )
@@ -70,25 +74,29 @@ def test_invalid_records_are_refused(build):
 
 @pytest.mark.parametrize("mechanism", PATE_MECHANISMS, ids=repr)
 def test_json_round_trip_also_nested(mechanism):
-    for m in (mechanism, Repeated(3, mechanism), Composed((Gaussian(2.0), mechanism))):
+    for m in (mechanism, Repeated(count=3, inner=mechanism), Composed((Gaussian(2.0), mechanism))):
         assert mechanism_from_dict(mechanism_to_dict(m)) == m
 
 
 def test_dispatch_table_and_accountant():
     a = np.array([2.0, 10.0])
-    assert compute_rdp(GNMaxQueries(4.0, 3), a) == pytest.approx(3 * a / 16.0, rel=1e-15)
-    assert compute_rdp(Repeated(2, LNMaxQueries(5.0, 3)), a) == pytest.approx(
-        6 * rdp_lnmax(noise_scale=5.0, orders=a), rel=1e-15
+    assert compute_rdp(GNMaxQueries(noise_multiplier=4.0, queries=3), a) == pytest.approx(
+        3 * a / 16.0, rel=1e-15
     )
-    assert np.all(compute_rdp(GNMaxQueries(4.0, 0), a) == 0.0)
+    assert compute_rdp(
+        Repeated(count=2, inner=LNMaxQueries(noise_scale=5.0, queries=3)), a
+    ) == pytest.approx(6 * rdp_lnmax(noise_scale=5.0, orders=a), rel=1e-15)
+    assert np.all(compute_rdp(GNMaxQueries(noise_multiplier=4.0, queries=0), a) == 0.0)
     accountant = RdpAccountant()
-    accountant.compose(GNMaxQueries(40.0, 300))
-    accountant.compose(LNMaxQueries(20.0, 10), count=2)
+    accountant.compose(GNMaxQueries(noise_multiplier=40.0, queries=300))
+    accountant.compose(LNMaxQueries(noise_scale=20.0, queries=10), count=2)
     restored = RdpAccountant.from_json(accountant.to_json())
     assert np.array_equal(restored.rdp, accountant.rdp)
     assert restored.get_epsilon(1e-5).epsilon == accountant.get_epsilon(1e-5).epsilon
     with pytest.raises(UnsupportedMechanismError):
-        accountant.compose(PoissonSampled(0.1, GNMaxQueries(40.0, 1)))
+        accountant.compose(
+            PoissonSampled(sample_rate=0.1, inner=GNMaxQueries(noise_multiplier=40.0, queries=1))
+        )
     assert len(accountant.entries) == 2  # validate-then-mutate
 
 
@@ -134,13 +142,13 @@ def test_bad_votes(votes):
 def test_queries_must_match_the_votes_and_seed_must_be_valid():
     votes = np.array([[3, 1], [0, 4]])
     with pytest.raises(InvalidParameterError, match="queries"):
-        aggregate_votes(votes, GNMaxQueries(1.0, 3), seed=0)
+        aggregate_votes(votes, GNMaxQueries(noise_multiplier=1.0, queries=3), seed=0)
     with pytest.raises(InvalidParameterError, match="queries"):
-        analyze_votes(votes, GNMaxQueries(1.0, 1), delta=1e-5)
+        analyze_votes(votes, GNMaxQueries(noise_multiplier=1.0, queries=1), delta=1e-5)
     with pytest.raises(InvalidParameterError, match="seed"):
-        aggregate_votes(votes, GNMaxQueries(1.0, 2), seed=-1)
+        aggregate_votes(votes, GNMaxQueries(noise_multiplier=1.0, queries=2), seed=-1)
     with pytest.raises(InvalidParameterError, match="delta"):
-        analyze_votes(votes, GNMaxQueries(1.0, 2), delta=0.0)
+        analyze_votes(votes, GNMaxQueries(noise_multiplier=1.0, queries=2), delta=0.0)
 
 
 # --- the aggregator's output distribution -------------------------------------------------------
@@ -148,7 +156,7 @@ def test_queries_must_match_the_votes_and_seed_must_be_valid():
 
 def test_seeded_aggregation_is_reproducible():
     votes = np.tile([10, 9, 8, 0], (200, 1))
-    mechanism = GNMaxQueries(3.0, 200)
+    mechanism = GNMaxQueries(noise_multiplier=3.0, queries=200)
     first = aggregate_votes(votes, mechanism, seed=7)
     assert np.array_equal(first, aggregate_votes(votes, mechanism, seed=7))
     assert not np.array_equal(first, aggregate_votes(votes, mechanism, seed=8))
@@ -163,10 +171,18 @@ def _lap_diff_sf(t: float, b: float) -> float:
 @pytest.mark.parametrize(
     ("mechanism", "gap", "exact"),
     [
-        (GNMaxQueries(2.0, 20_000), 3, stats.norm.sf(3, scale=2.0 * math.sqrt(2.0))),
-        (GNMaxQueries(5.0, 20_000), 12, stats.norm.sf(12, scale=5.0 * math.sqrt(2.0))),
-        (LNMaxQueries(2.0, 20_000), 3, _lap_diff_sf(3, 2.0)),
-        (LNMaxQueries(4.0, 20_000), 12, _lap_diff_sf(12, 4.0)),
+        (
+            GNMaxQueries(noise_multiplier=2.0, queries=20_000),
+            3,
+            stats.norm.sf(3, scale=2.0 * math.sqrt(2.0)),
+        ),
+        (
+            GNMaxQueries(noise_multiplier=5.0, queries=20_000),
+            12,
+            stats.norm.sf(12, scale=5.0 * math.sqrt(2.0)),
+        ),
+        (LNMaxQueries(noise_scale=2.0, queries=20_000), 3, _lap_diff_sf(3, 2.0)),
+        (LNMaxQueries(noise_scale=4.0, queries=20_000), 12, _lap_diff_sf(12, 4.0)),
     ],
     ids=["gnmax-small-gap", "gnmax-large-gap", "lnmax-small-gap", "lnmax-large-gap"],
 )
@@ -203,7 +219,9 @@ def _win_probabilities_gnmax(votes: np.ndarray, sigma: float) -> np.ndarray:
 def test_many_classes_disagreement_respects_prop7_and_the_exact_rate():
     votes = np.array([30, 18, 15, 12, 5])
     sigma, draws = 5.0, 40_000
-    labels = aggregate_votes(np.tile(votes, (draws, 1)), GNMaxQueries(sigma, draws), seed=3)
+    labels = aggregate_votes(
+        np.tile(votes, (draws, 1)), GNMaxQueries(noise_multiplier=sigma, queries=draws), seed=3
+    )
     exact = 1.0 - _win_probabilities_gnmax(votes, sigma)[0]
     bound = math.exp(log_q_gnmax(votes[None, :], noise_multiplier=sigma)[0])
     assert exact <= bound
@@ -214,7 +232,9 @@ def test_many_classes_disagreement_respects_prop7_and_the_exact_rate():
 def test_unanimous_votes_with_little_noise_always_return_the_plurality():
     votes = np.zeros((500, 10))
     votes[:, 4] = 250
-    assert np.all(aggregate_votes(votes, GNMaxQueries(20.0, 500), seed=0) == 4)
+    assert np.all(
+        aggregate_votes(votes, GNMaxQueries(noise_multiplier=20.0, queries=500), seed=0) == 4
+    )
 
 
 # --- data-independent RDP against independent oracles -------------------------------------------
@@ -362,10 +382,10 @@ def _neighbours(votes: np.ndarray):
 @pytest.mark.parametrize(
     ("mechanism", "votes"),
     [
-        (GNMaxQueries(4.0), np.array([30, 2])),
-        (GNMaxQueries(3.0), np.array([20, 4])),
-        (LNMaxQueries(2.0), np.array([40, 1])),
-        (LNMaxQueries(1.0), np.array([15, 3])),
+        (GNMaxQueries(noise_multiplier=4.0), np.array([30, 2])),
+        (GNMaxQueries(noise_multiplier=3.0), np.array([20, 4])),
+        (LNMaxQueries(noise_scale=2.0), np.array([40, 1])),
+        (LNMaxQueries(noise_scale=1.0), np.array([15, 3])),
     ],
     ids=["gnmax-4", "gnmax-3", "lnmax-2", "lnmax-1"],
 )
@@ -473,7 +493,7 @@ def test_every_row_is_analysed_not_rows_indexed_by_label_values():
     unanimous[:, 0] = 250
     split = np.full((10, 10), 25)
     mixed = np.vstack([unanimous[:10], split])
-    mechanism = GNMaxQueries(40.0, 20)
+    mechanism = GNMaxQueries(noise_multiplier=40.0, queries=20)
     only_first_rows = analyze_votes(unanimous, mechanism, delta=1e-5)
     report = analyze_votes(mixed, mechanism, delta=1e-5)
     assert report.epsilon_data_dependent > 2 * only_first_rows.epsilon_data_dependent
@@ -484,9 +504,13 @@ def test_every_row_is_analysed_not_rows_indexed_by_label_values():
 
 
 def test_no_queries_cost_nothing():
-    report = analyze_votes(np.zeros((0, 3)), GNMaxQueries(1.0, 0), delta=1e-5)
+    report = analyze_votes(
+        np.zeros((0, 3)), GNMaxQueries(noise_multiplier=1.0, queries=0), delta=1e-5
+    )
     assert report.epsilon_data_independent == 0.0 and report.epsilon_data_dependent == 0.0
-    assert aggregate_votes(np.zeros((0, 3)), GNMaxQueries(1.0, 0), seed=0).shape == (0,)
+    assert aggregate_votes(
+        np.zeros((0, 3)), GNMaxQueries(noise_multiplier=1.0, queries=0), seed=0
+    ).shape == (0,)
 
 
 @FAST

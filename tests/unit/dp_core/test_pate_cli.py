@@ -41,14 +41,20 @@ def test_json_report_matches_the_library_and_labels_are_written(votes_file, tmp_
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     votes = np.load(votes_file)
-    expected = analyze_votes(votes, GNMaxQueries(40.0, 50), delta=1e-5, warn=False)
+    expected = analyze_votes(
+        votes, GNMaxQueries(noise_multiplier=40.0, queries=50), delta=1e-5, warn=False
+    )
     assert payload["epsilon_data_independent"] == pytest.approx(expected.epsilon_data_independent)
     assert payload["epsilon_data_dependent"] == pytest.approx(expected.epsilon_data_dependent)
     assert payload["epsilon_data_dependent"] < payload["epsilon_data_independent"]
-    assert mechanism_from_dict(payload["mechanism"]) == GNMaxQueries(40.0, 50)
+    assert mechanism_from_dict(payload["mechanism"]) == GNMaxQueries(
+        noise_multiplier=40.0, queries=50
+    )
     assert payload["labels_path"] == str(out.resolve()) and payload["seed"] == 5
     labels = np.load(out)
-    assert np.array_equal(labels, aggregate_votes(votes, GNMaxQueries(40.0, 50), seed=5))
+    assert np.array_equal(
+        labels, aggregate_votes(votes, GNMaxQueries(noise_multiplier=40.0, queries=50), seed=5)
+    )
     assert payload["agreement_with_plurality"] == pytest.approx(np.mean(labels == 2))
 
 
@@ -72,7 +78,7 @@ def test_predictions_and_human_output(tmp_path):
     )  # fmt: skip
     payload = json.loads(again.stdout)
     assert payload["classes"] == 4 and payload["queries"] == 12
-    assert mechanism_from_dict(payload["mechanism"]) == LNMaxQueries(5.0, 12)
+    assert mechanism_from_dict(payload["mechanism"]) == LNMaxQueries(noise_scale=5.0, queries=12)
 
 
 def _bad_files(tmp_path: Path) -> dict[str, Path]:

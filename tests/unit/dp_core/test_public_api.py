@@ -21,6 +21,9 @@ def test_public_all_is_exactly_the_facade():
             "GNMaxQueries", "LNMaxQueries", "PateReport", "aggregate_votes", "analyze_votes",
             "mechanism_for_gaussian_release", "mechanism_for_laplace_release", "pate_mechanism",
             "votes_from_predictions",
+            # PLD, user level, statement (issue 13)
+            "PldEpsilon", "compute_epsilon_pld", "UserLevelEpsilon", "compute_user_epsilon",
+            "PrivacyStatement", "build_privacy_statement", "render_privacy_statement",
         ]
     )  # fmt: skip
     for name in dp_core.__all__:
@@ -68,3 +71,22 @@ def test_app_never_imports_the_trainer_or_torch():
         for module in imported_modules(path):
             assert not module.startswith("dp_core.trainer"), f"{path}: imports {module}"
             assert module.split(".")[0] != "torch", f"{path}: imports {module}"
+
+
+def test_constructors_with_numbers_are_keyword_only():
+    """sigma and q (or a count) cannot be swapped by position (issue 12)."""
+    import pytest
+
+    from dp_core import GNMaxQueries, LNMaxQueries
+
+    for make in (
+        lambda: dp_core.PoissonSampled(0.01, dp_core.Gaussian(1.1)),
+        lambda: dp_core.Repeated(3, dp_core.Gaussian(1.1)),
+        lambda: dp_core.SampledGaussianSchedule(0.01, dp_core.NoiseSchedule(), 10),
+        lambda: dp_core.NoiseSchedule("exponential", 2.0, 1e-4),
+        lambda: GNMaxQueries(40.0, 1),
+        lambda: LNMaxQueries(5.0, 1),
+    ):
+        with pytest.raises(TypeError):
+            make()
+    assert dp_core.PoissonSampled(sample_rate=0.01, inner=dp_core.Gaussian(1.1)).sample_rate == 0.01

@@ -23,7 +23,9 @@ from dp_core.schedules import NoiseSchedule, parse_schedule_kind
     ],
 )
 def test_decay_formulas(kind, formula):
-    values = NoiseSchedule(kind, 2.0, 0.01).noise_multipliers(5, 50)
+    values = NoiseSchedule(kind=kind, noise_multiplier=2.0, decay_rate=0.01).noise_multipliers(
+        5, 50
+    )
     np.testing.assert_allclose(values, [formula(t) for t in range(5, 50)], rtol=1e-13)
 
 
@@ -32,7 +34,7 @@ def test_decay_formulas(kind, formula):
 )
 def test_mindarmour_aliases(alias, kind):
     assert parse_schedule_kind(alias) == kind
-    assert NoiseSchedule(alias, 1.0, 0.1).kind == kind
+    assert NoiseSchedule(kind=alias, noise_multiplier=1.0, decay_rate=0.1).kind == kind
 
 
 @pytest.mark.parametrize(
@@ -55,11 +57,13 @@ def test_invalid_schedules_name_the_parameter(kwargs, parameter):
 
 def test_a_decay_that_underflows_to_zero_is_refused():
     with pytest.raises(InvalidParameterError, match="drives the noise multiplier to 0 at step 1"):
-        NoiseSchedule("exponential", 1.0, 1000.0).noise_multipliers(0, 10)
+        NoiseSchedule(
+            kind="exponential", noise_multiplier=1.0, decay_rate=1000.0
+        ).noise_multipliers(0, 10)
 
 
 def test_explicit_schedule_and_segments():
-    schedule = NoiseSchedule("explicit", values=(1.0, 2.0, 1.0, 3.0))
+    schedule = NoiseSchedule(kind="explicit", values=(1.0, 2.0, 1.0, 3.0))
     values, counts = schedule.segments(0, 4)
     assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {
         1.0: 2.0,
@@ -72,8 +76,8 @@ def test_explicit_schedule_and_segments():
 
 def test_round_trip_through_dict():
     for schedule in (
-        NoiseSchedule("geometric", 1.5, 0.01),
-        NoiseSchedule("explicit", values=(1.0, 2.0)),
+        NoiseSchedule(kind="geometric", noise_multiplier=1.5, decay_rate=0.01),
+        NoiseSchedule(kind="explicit", values=(1.0, 2.0)),
     ):
         assert NoiseSchedule.from_dict(schedule.to_dict()) == schedule
 
@@ -89,9 +93,9 @@ def plain_loop(q: float, sigmas: np.ndarray, orders: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("q", "schedule", "steps"),
     [
-        (0.02, NoiseSchedule("exponential", 2.0, 0.0005), 400),
-        (0.01, NoiseSchedule("inverse-time", 1.5, 0.002), 400),
-        (0.05, NoiseSchedule("geometric", 6.0, 0.005), 400),
+        (0.02, NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=0.0005), 400),
+        (0.01, NoiseSchedule(kind="inverse-time", noise_multiplier=1.5, decay_rate=0.002), 400),
+        (0.05, NoiseSchedule(kind="geometric", noise_multiplier=6.0, decay_rate=0.005), 400),
     ],
 )
 def test_fast_path_matches_the_plain_loop(q, schedule, steps):

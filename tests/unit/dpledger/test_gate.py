@@ -27,7 +27,7 @@ from dpledger.gate import HttpBudgetGate, plan_mechanism
 from .app_client import running_app
 
 PLAN = RunPlan(
-    sample_rate=0.1, steps_per_epoch=10, epochs=3, schedule=NoiseSchedule("exponential", 1.2, 0.01),
+    sample_rate=0.1, steps_per_epoch=10, epochs=3, schedule=NoiseSchedule(kind="exponential", noise_multiplier=1.2, decay_rate=0.01),
     max_grad_norm=1.5, delta=1e-5, name="test-run",
 )  # fmt: skip
 
@@ -90,7 +90,9 @@ def test_the_gate_registers_the_exact_mechanism_charges_and_finishes(ledger):
 
 def test_refusals_are_decisions_with_the_services_reason(ledger):
     token = _dataset(ledger, epsilon=2.0)
-    big = dataclasses.replace(PLAN, epochs=200, schedule=NoiseSchedule("constant", 1.2))
+    big = dataclasses.replace(
+        PLAN, epochs=200, schedule=NoiseSchedule(kind="constant", noise_multiplier=1.2)
+    )
     refused = _gate(ledger, token).open(big)
     assert not refused.allowed and refused.reason.startswith("budget_exceeded: ")
     assert "epsilon would reach" in refused.reason
@@ -148,7 +150,7 @@ def test_a_resumed_gate_does_not_register_again(ledger):
 def test_explicit_schedules_cannot_be_sent_to_the_service():
     plan = dataclasses.replace(
         PLAN, sample_rate=0.5, steps_per_epoch=2, epochs=1,
-        schedule=NoiseSchedule("explicit", values=(1.0, 2.0)),
+        schedule=NoiseSchedule(kind="explicit", values=(1.0, 2.0)),
     )  # fmt: skip
     with pytest.raises(InvalidParameterError, match="parametric"):
         plan_mechanism(plan)

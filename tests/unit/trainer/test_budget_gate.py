@@ -6,7 +6,7 @@ PLAN = RunPlan(
     sample_rate=0.1,
     steps_per_epoch=10,
     epochs=3,
-    schedule=NoiseSchedule("exponential", 1.2, 0.01),
+    schedule=NoiseSchedule(kind="exponential", noise_multiplier=1.2, decay_rate=0.01),
     max_grad_norm=1.5,
     delta=1e-5,
     name="test-run",
@@ -19,5 +19,7 @@ def test_the_local_gate_satisfies_the_protocol():
 
 
 def test_plan_mechanism_per_epoch_uses_global_steps():
-    assert PLAN.epoch_mechanism(2) == SampledGaussianSchedule(0.1, PLAN.schedule, 10, 20)
+    assert PLAN.epoch_mechanism(2) == SampledGaussianSchedule(
+        sample_rate=0.1, schedule=PLAN.schedule, steps=10, start_step=20
+    )
     assert RunPlan.from_dict(PLAN.to_dict()) == PLAN

@@ -94,7 +94,7 @@ def test_the_trainer_refuses_before_training():
 
 def test_group_epsilon_is_per_record_for_one_and_grows_with_k():
     plan = RunPlan(sample_rate=0.01, steps_per_epoch=100, epochs=5,
-                   schedule=NoiseSchedule("constant", 1.1), max_grad_norm=1.0, delta=1e-5)  # fmt: skip
+                   schedule=NoiseSchedule(kind="constant", noise_multiplier=1.1), max_grad_norm=1.0, delta=1e-5)  # fmt: skip
     mech = plan.mechanism(0, 5)
     one = group_epsilon(mech, delta=1e-5, group_size=1)
     assert one == pytest.approx(plan.epsilon(5), rel=1e-9)
@@ -110,7 +110,9 @@ def test_group_calibration_never_overshoots():
     )
 
     def eps(s):
-        mech = SampledGaussianSchedule(0.05, NoiseSchedule("constant", s), 200)
+        mech = SampledGaussianSchedule(
+            sample_rate=0.05, schedule=NoiseSchedule(kind="constant", noise_multiplier=s), steps=200
+        )
         return group_epsilon(mech, delta=1e-5, group_size=2)
 
     assert eps(sigma) <= 3.0 < eps(sigma * 0.997)

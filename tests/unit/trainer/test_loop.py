@@ -224,7 +224,7 @@ def test_generic_map_style_dataset_is_supported():
 
 def test_bad_settings_are_refused():
     with pytest.raises(InvalidParameterError, match="noise_multiplier"):
-        _trainer(schedule=NoiseSchedule("constant", 1.0))
+        _trainer(schedule=NoiseSchedule(kind="constant", noise_multiplier=1.0))
     with pytest.raises(InvalidParameterError, match="sample_rate"):
         _trainer(expected_batch_size=5000)
     with pytest.raises(InvalidParameterError, match="count_noise_std"):

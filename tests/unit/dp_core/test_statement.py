@@ -1,0 +1,80 @@
+"""The privacy statement: its numbers agree with the functions they come from."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dp_core import NoiseSchedule, compute_epsilon, compute_epsilon_pld
+from dp_core.statement import (
+    OPACUS_ORDERS,
+    build_privacy_statement,
+    render_privacy_statement,
+    steps_per_epoch,
+)
+
+CONSTANT = NoiseSchedule(kind="constant", noise_multiplier=1.1)
+
+
+def test_example_level_numbers_and_text():
+    s = build_privacy_statement(sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT)
+    rdp = compute_epsilon(sample_rate=0.01, noise_multiplier=1.1, steps=250, delta=1e-5)
+    pld = compute_epsilon_pld(sample_rate=0.01, noise_multiplier=1.1, steps=250, delta=1e-5)
+    assert (s.epsilon_rdp, s.order, s.epsilon_pld) == (rdp.epsilon, rdp.order, pld.epsilon)
+    assert s.user.records_per_user == 1 and s.user.epsilon_rdp == rdp.epsilon
+    assert s.steps_per_epoch == 100 and s.epochs == pytest.approx(2.5)
+    text = render_privacy_statement(s)
+    assert f"RDP {rdp.epsilon:.4f} (Renyi order {rdp.order:.3g})" in text
+    assert f"PLD {pld.epsilon:.4f}" in text and "Poisson" in text and "shuffled" in text
+    json.dumps(s.to_dict())
+
+
+def test_epoch_level_is_one_gaussian_per_epoch():
+    s = build_privacy_statement(sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT)
+    # 3 epochs (the last one partial): 3 Gaussian mechanisms with sigma 1.1, no sampling.
+    gaussian = compute_epsilon(sample_rate=1.0, noise_multiplier=1.1, steps=3, delta=1e-5)
+    assert s.epoch_epsilon_rdp == pytest.approx(gaussian.epsilon, rel=1e-9)
+    exact = compute_epsilon_pld(
+        sample_rate=1.0, noise_multiplier=1.1 / math.sqrt(3), steps=1, delta=1e-5
+    )
+    assert s.epoch_epsilon_pld == pytest.approx(exact.epsilon, rel=1e-9)
+    assert s.epoch_epsilon_pld > s.epsilon_pld  # no amplification by sampling
+
+
+def test_decaying_noise_uses_each_epochs_smallest_sigma():
+    decay = NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=0.01)
+    s = build_privacy_statement(sample_rate=0.1, steps=20, delta=1e-5, schedule=decay)
+    worst = [decay.noise_multiplier_at(9), decay.noise_multiplier_at(19)]
+    explicit = NoiseSchedule(kind="explicit", values=tuple(worst))
+    from dp_core.calibration import epsilon_of_schedule
+
+    expected = epsilon_of_schedule(sample_rate=1.0, schedule=explicit, steps=2, delta=1e-5)
+    assert s.epoch_epsilon_rdp == pytest.approx(expected.epsilon, rel=1e-9)
+
+
+def test_opacus_grid_note_when_the_order_is_beyond_63():
+    s = build_privacy_statement(
+        sample_rate=0.01, steps=100, delta=1e-5,
+        schedule=NoiseSchedule(kind="constant", noise_multiplier=5.0),
+    )  # fmt: skip
+    assert s.order > OPACUS_ORDERS[-1] == 63.0
+    assert s.opacus_grid_lacks_order and s.opacus_epsilon > s.epsilon_rdp
+    assert "Opacus" in render_privacy_statement(s)
+    typical = build_privacy_statement(sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT)
+    assert not typical.opacus_grid_lacks_order
+    assert "Opacus" not in render_privacy_statement(typical)
+
+
+def test_user_level_for_several_records():
+    s = build_privacy_statement(
+        sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=3
+    )
+    assert s.user.epsilon == min(s.user.epsilon_rdp, s.user.epsilon_pld) > s.epsilon_pld
+    assert "up to 3 records" in render_privacy_statement(s)
+
+
+def test_steps_per_epoch_is_ceil_n_over_b():
+    assert steps_per_epoch(256 / 60000) == 235
+    assert steps_per_epoch(0.01) == 100
