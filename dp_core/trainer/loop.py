@@ -687,6 +687,7 @@ def make_private(
     name: str = "dp-sgd",
     distributed: bool | None = None,
     dataset_is_shard: bool = False,
+    max_records_per_individual: int | None = None,
 ) -> DPTrainer:
     """Wrap ``model`` and ``optimizer`` for DP-SGD (Opacus' ``make_private`` shape).
 
@@ -716,4 +717,5 @@ def make_private(
         name=name,
         distributed=distributed,
         dataset_is_shard=dataset_is_shard,
+        max_records_per_individual=max_records_per_individual,
     )
