@@ -53,7 +53,9 @@ Text = Annotated[
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Epsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 Delta = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-NoiseMultiplier = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+# Below 1e-3 the mechanism is not private in any useful sense, and the RDP series for such a
+# sigma only burns CPU before failing: refused at validation (dp_core calibrates in [1e-3, 1e5]).
+NoiseMultiplier = Annotated[float, Field(ge=1e-3, le=1e6, allow_inf_nan=False)]
 DecayRate = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 SampleRate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Steps = Annotated[int, Field(ge=0, le=100_000_000)]
