@@ -117,7 +117,7 @@ class DatasetCreate(Request):
     """A new dataset with its budget and the admission filter's grid (fixed at creation)."""
 
     name: Slug
-    description: Annotated[str, Field(max_length=2000)] = ""
+    description: Text = ""
     target_epsilon: Epsilon
     target_delta: Delta
     orders: Annotated[list[Order], Field(min_length=1, max_length=256)] | None = Field(
@@ -271,7 +271,7 @@ class RunCreate(Request):
     """
 
     dataset: Slug
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Name
     sample_rate: RunSampleRate | None = None
     steps_per_epoch: StepsPerEpoch | None = Field(
         default=None, description="Default: ceil(1 / sample_rate)."
@@ -374,7 +374,7 @@ class BatchCharge(Request):
 
 
 class EpochChargeRead(BaseModel):
-    """The charge of one epoch or batch (a retry returns the same body)."""
+    """The charge of one DP-SGD epoch (a retry returns the same body)."""
 
     run_id: int
     epoch: int
@@ -382,6 +382,18 @@ class EpochChargeRead(BaseModel):
     created_at: datetime
     epsilon_run: float | None = Field(
         description="The run's own epsilon after this charge (as RunRead.epsilon_run)."
+    )
+
+
+class BatchChargeRead(BaseModel):
+    """The charge of one batch of PATE queries (a retry returns the same body)."""
+
+    run_id: int
+    batch: int
+    ledger_entry_id: int
+    created_at: datetime
+    epsilon_run: float | None = Field(
+        description="The job's own epsilon after this batch (as RunRead.epsilon_run)."
     )
 
 
