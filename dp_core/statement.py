@@ -17,22 +17,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.group import UserLevelEpsilon, compute_user_epsilon
 from dp_core.mechanisms import SampledGaussianSchedule
-from dp_core.pld import compute_epsilon_pld
+from dp_core.pld import SCHEDULE_DISCRETIZATION, PldEpsilon, compute_epsilon_pld
 from dp_core.rdp.compose import compute_rdp
 from dp_core.rdp.orders import FloatArray
 from dp_core.schedules import NoiseSchedule
-from dp_core.validation import non_negative_int, open_probability, probability
+from dp_core.validation import non_negative_int, open_probability, positive_float, probability
 
 __all__ = [
     "OPACUS_ORDERS",
     "PrivacyStatement",
     "build_privacy_statement",
+    "gaussian_delta",
+    "gaussian_epsilon",
     "render_privacy_statement",
+    "user_discretization",
     "steps_per_epoch",
 ]
 
@@ -115,14 +119,60 @@ def _epoch_sigmas(schedule: NoiseSchedule, steps: int, per_epoch: int) -> FloatA
     return np.array([sigmas[i : i + per_epoch].min() for i in range(0, steps, per_epoch)])
 
 
+def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
+    """Exact delta(epsilon) of the Gaussian mechanism with sensitivity 1 and noise sigma.
+
+    Balle & Wang 2018, "Improving the Gaussian mechanism for differential privacy", Thm. 8:
+    delta = Phi(1/(2 s) - eps s) - e^eps Phi(-1/(2 s) - eps s). The second term is computed in log
+    space (log_ndtr) so that e^eps cannot overflow.
+    """
+    s = noise_multiplier
+    first = float(special.ndtr(1.0 / (2.0 * s) - epsilon * s))
+    second = math.exp(epsilon + float(special.log_ndtr(-1.0 / (2.0 * s) - epsilon * s)))
+    return max(first - second, 0.0)
+
+
+def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
+    """Exact epsilon at ``delta`` of the Gaussian mechanism (Balle & Wang 2018, Thm. 8).
+
+    delta(eps) decreases in eps, so bisection finds it; the upper end of the final bracket is
+    returned (its delta is at most ``delta``): rounded toward privacy, within 1e-12 relative.
+    """
+    s = positive_float("noise_multiplier", noise_multiplier)
+    delta = open_probability("delta", delta)
+    if gaussian_delta(noise_multiplier=s, epsilon=0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(noise_multiplier=s, epsilon=hi) > delta:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-12 * hi:
+        mid = 0.5 * (lo + hi)
+        if gaussian_delta(noise_multiplier=s, epsilon=mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def user_discretization(records_per_user: int) -> float:
+    """PLD grid width for users of K > 1 records: the loss range grows K^2-fold, so does h.
+
+    Keeps the user-level PLD's work that of one record at :data:`dp_core.pld.SCHEDULE_DISCRETIZATION`
+    (a coarser grid is still an upper bound, only looser; the statement takes the smaller of the
+    RDP and PLD bounds).
+    """
+    return SCHEDULE_DISCRETIZATION * max(1.0, records_per_user**2 / 4.0)
+
+
 def _epoch_level(
     schedule: NoiseSchedule, steps: int, per_epoch: int, delta: float, orders: object
 ) -> tuple[float, float, float]:
-    """(RDP epsilon, order, PLD epsilon) of one Gaussian mechanism per epoch (no sampling).
+    """(RDP epsilon, order, exact epsilon) of one Gaussian mechanism per epoch (no sampling).
 
     RDP adds up, alpha / (2 sigma_e^2) per epoch (Mironov 2017, Prop. 1 and Cor. 3); the Gaussians
     compose exactly into one with sigma_eff = (sum_e sigma_e^-2)^(-1/2) (Dong, Roth & Su 2022,
-    "Gaussian differential privacy", Cor. 3.3), whose curve is Balle & Wang 2018, Thm. 8.
+    "Gaussian differential privacy", Cor. 3.3), whose exact curve is Balle & Wang 2018, Thm. 8
+    (:func:`gaussian_epsilon`; what a PLD accountant approaches from above).
     """
     if steps == 0:
         return 0.0, math.nan, 0.0
@@ -133,8 +183,24 @@ def _epoch_level(
         warn=False,
     )  # fmt: skip
     sigma_eff = float(np.sum(epoch_sigmas**-2.0) ** -0.5)
-    pld = compute_epsilon_pld(sample_rate=1.0, noise_multiplier=sigma_eff, steps=1, delta=delta)
-    return rdp.epsilon, rdp.order, pld.epsilon
+    return rdp.epsilon, rdp.order, gaussian_epsilon(noise_multiplier=sigma_eff, delta=delta)
+
+
+def _user_level(
+    *, example: tuple[float, float], pld: PldEpsilon, sample_rate: float, schedule: NoiseSchedule,
+    steps: int, delta: float, records_per_user: int, orders: object,
+) -> UserLevelEpsilon:  # fmt: skip
+    """User-level epsilon; for K = 1 the example-level numbers themselves (nothing recomputed)."""
+    if records_per_user == 1:
+        epsilon_rdp, order = example
+        return UserLevelEpsilon(
+            1, min(epsilon_rdp, pld.epsilon), epsilon_rdp, order, pld.epsilon, sample_rate, delta
+        )
+    return compute_user_epsilon(
+        sample_rate=sample_rate, schedule=schedule, steps=steps, delta=delta,
+        records_per_user=records_per_user, orders=orders,
+        discretization=user_discretization(records_per_user),
+    )  # fmt: skip
 
 
 def build_privacy_statement(
@@ -160,9 +226,9 @@ def build_privacy_statement(
     epoch_rdp, epoch_order, epoch_pld = _epoch_level(
         schedule, epoch_steps, per_epoch, delta, orders
     )
-    user = compute_user_epsilon(
-        sample_rate=q, schedule=schedule, steps=steps, delta=delta,
-        records_per_user=records_per_user, orders=orders,
+    user = _user_level(
+        example=(example.epsilon, example.order), pld=pld, sample_rate=q, schedule=schedule,
+        steps=steps, delta=delta, records_per_user=records_per_user, orders=orders,
     )  # fmt: skip
     mechanism = SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps)
     opacus = rdp_to_epsilon(
