@@ -129,3 +129,23 @@ def test_user_level_is_monotone_in_records_per_user():
         for k in (1, 2, 3, 4, 8)
     ]
     assert users == sorted(users) and users[0] < users[-1]
+
+
+def test_a_work_bound_coarsens_the_pld_grid_never_below_the_fine_value():
+    fine = build_privacy_statement(sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT)
+    bounded = build_privacy_statement(
+        sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, max_fft_points=20_000
+    )
+    assert bounded.epsilon_rdp == fine.epsilon_rdp  # RDP is untouched by the bound
+    assert fine.epsilon_pld <= bounded.epsilon_pld < fine.epsilon_rdp * 1.5
+
+
+def test_a_pld_beyond_the_work_bound_is_reported_as_not_computed():
+    s = build_privacy_statement(
+        sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=2,
+        max_fft_points=10,
+    )  # fmt: skip
+    assert math.isinf(s.epsilon_pld) and math.isinf(s.user.epsilon_pld)
+    assert s.user.epsilon == s.user.epsilon_rdp  # the RDP group bound stands alone
+    assert s.to_dict()["epsilon_pld"] is None
+    assert "not computed" in render_privacy_statement(s)
