@@ -168,6 +168,17 @@ def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) ->
     return result.epsilon if math.isfinite(result.epsilon) else None
 
 
+def epsilon_and_order_of_rdp(
+    *, orders: Sequence[float], rdp: FloatArray, delta: float
+) -> tuple[float | None, float | None]:
+    """Return the plain epsilon of an RDP curve and its order (None, None when unbounded)."""
+    with translated_dp_errors():
+        result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
+    if not math.isfinite(result.epsilon):
+        return None, None
+    return result.epsilon, result.order
+
+
 def charge_spec(mechanism: MechanismRequest) -> ChargeSpec:
     """Return the accounting view of a requested RDP mechanism (validated with dp_core)."""
     return _CHARGE_SPECS[mechanism.kind](mechanism)
@@ -259,11 +270,36 @@ def compute_epsilon(body: EpsilonRequest) -> EpsilonRead:
         )
     return EpsilonRead(
         epsilon=result.epsilon,
+        epsilon_rdp=result.epsilon,
+        epsilon_pld=_bounded_pld(body),
         epsilon_grid=result.epsilon_grid,
         order=result.order,
         delta=body.delta,
         steps=body.steps,
     )
+
+
+#: The most FFT points the accountant endpoint's PLD may use (about 0.3 s of CPU).
+PLD_MAX_FFT_POINTS = 1 << 23
+
+
+def _bounded_pld(body: EpsilonRequest) -> float | None:
+    """PLD epsilon on dp_core's default grid (as `dpledger epsilon`), or None beyond the bound."""
+    try:
+        result = dp_core.compute_epsilon_pld(
+            sample_rate=body.sample_rate,
+            noise_multiplier=body.noise_multiplier,
+            steps=body.steps,
+            delta=body.delta,
+            schedule=body.schedule,
+            decay_rate=body.decay_rate,
+            max_fft_points=PLD_MAX_FFT_POINTS,
+        )
+    except InvalidParameterError as error:
+        raise InvalidInputError(str(error), parameter=error.parameter) from error
+    except DpCoreError:  # beyond the work bound: the RDP epsilon stands alone
+        return None
+    return result.epsilon if math.isfinite(result.epsilon) else None
 
 
 def calibrate_noise_multiplier(body: NoiseMultiplierRequest) -> NoiseMultiplierRead:
