@@ -22,9 +22,9 @@ from scipy import special
 
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
+from dp_core.errors import DpCoreError, InvalidParameterError
 from dp_core.group import UserLevelEpsilon, compute_user_epsilon, group_rdp, group_sample_rate
 from dp_core.mechanisms import SampledGaussianSchedule
-from dp_core.errors import DpCoreError, InvalidParameterError
 from dp_core.pld import SCHEDULE_DISCRETIZATION, compute_epsilon_pld
 from dp_core.rdp.compose import compute_rdp
 from dp_core.rdp.orders import DEFAULT_ORDERS, FloatArray
@@ -219,7 +219,9 @@ def _user_level(
     k = records_per_user
     if k == 1:
         epsilon_rdp, order = example
-        return UserLevelEpsilon(1, min(epsilon_rdp, pld), epsilon_rdp, order, pld, sample_rate, delta)
+        return UserLevelEpsilon(
+            1, min(epsilon_rdp, pld), epsilon_rdp, order, pld, sample_rate, delta
+        )
     try:
         return compute_user_epsilon(
             sample_rate=sample_rate, schedule=schedule, steps=steps, delta=delta,

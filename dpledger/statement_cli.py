@@ -17,7 +17,6 @@ from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.statement import build_privacy_statement, render_privacy_statement
 from dp_core.trainer.exit_codes import CommandError, ExitCode
-from dpledger.client import LedgerClient, LedgerError
 from dpledger.accounting_cli import (
     AsJson,
     BatchSize,
@@ -32,6 +31,7 @@ from dpledger.accounting_cli import (
     resolve_sampling,
     run_command,
 )
+from dpledger.client import LedgerClient, LedgerError
 
 RecordsPerUser = Annotated[
     int, typer.Option("--records-per-user", "-K", help="User-level epsilon for K records.")

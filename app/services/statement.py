@@ -9,7 +9,6 @@ request costs more than about a second of CPU.
 
 from __future__ import annotations
 
-
 from sqlalchemy.orm import Session
 
 from app.auth import Principal

@@ -106,9 +106,7 @@ async def test_a_decaying_100_epoch_run_gets_its_pld_within_the_work_bound(clien
     await make_dataset(client, target_epsilon=50.0)
     noise = {"schedule": "exponential", "noise_multiplier": 2.0, "decay_rate": 1e-5}
     run = (
-        await client.post(
-            "/v1/runs", json=run_body(sample_rate=0.01, epochs=100, noise=noise)
-        )
+        await client.post("/v1/runs", json=run_body(sample_rate=0.01, epochs=100, noise=noise))
     ).json()
     await _charge(client, run["id"], 100)
     start = time.process_time()

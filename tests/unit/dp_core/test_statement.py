@@ -53,9 +53,13 @@ def test_epoch_level_is_one_gaussian_per_epoch():
 
 def _brentq_gaussian_epsilon(s: float, delta: float) -> float:
     def excess(e: float) -> float:  # Balle & Wang 2018, Thm. 8, written out independently
-        return float(
-            stats.norm.cdf(1 / (2 * s) - e * s) - math.exp(e) * stats.norm.cdf(-1 / (2 * s) - e * s)
-        ) - delta
+        return (
+            float(
+                stats.norm.cdf(1 / (2 * s) - e * s)
+                - math.exp(e) * stats.norm.cdf(-1 / (2 * s) - e * s)
+            )
+            - delta
+        )
 
     return float(optimize.brentq(excess, 0.0, 200.0, xtol=1e-14))
 

@@ -42,7 +42,17 @@ def test_the_cli_prints_what_the_api_serves_and_equals_the_offline_statement(led
         budget = admin.get_budget("mnist")
     assert served.epsilon_spent == budget.epsilon_spent
     assert served.epsilon_run == budget.runs[0].epsilon_run
-    args = ["statement", "--run", str(run_id), "--service", BASE_URL, "--token", ADMIN_TOKEN, "-K", "2"]
+    args = [
+        "statement",
+        "--run",
+        str(run_id),
+        "--service",
+        BASE_URL,
+        "--token",
+        ADMIN_TOKEN,
+        "-K",
+        "2",
+    ]
     as_json = runner.invoke(cli, [*args, "--json"])
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == served.model_dump(mode="json")
