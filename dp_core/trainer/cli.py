@@ -218,6 +218,16 @@ def train(
             show_default=False,
         ),
     ] = None,
+    print_statement: Annotated[
+        bool | None,
+        typer.Option(
+            "--statement/--no-statement",
+            help="Print the run's privacy statement (RDP and PLD epsilon, once-per-epoch and "
+            "user level) on stderr at the end [default: when stderr is a terminal]; the JSON "
+            "summary always holds it under 'statement'.",
+            show_default=False,
+        ),
+    ] = None,
     distributed: Annotated[
         bool | None,
         typer.Option(
@@ -254,6 +264,8 @@ def train(
     if not str(summary["stop_reason"]).startswith("refused"):
         if main_rank:
             sys.stdout.write(json.dumps(summary) + "\n")
+            if sys.stderr.isatty() if print_statement is None else print_statement:
+                sys.stderr.write(str(summary["statement"]["text"]) + "\n")
         return
     if not main_rank:  # rank 0 alone reports; every rank exits with the same status
         raise SystemExit(int(ExitCode.REFUSED))

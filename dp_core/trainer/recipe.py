@@ -40,6 +40,7 @@ from dp_core.trainer.guards import (
 )
 from dp_core.trainer.loop import DPTrainer, EpochStart, EpochStats, StepStats
 from dp_core.trainer.models import build_model
+from dp_core.trainer.run_statement import run_statement
 from dp_core.trainer.sampling import steps_per_epoch
 
 __all__ = [
@@ -371,6 +372,9 @@ def _train(
         delta=config.delta,
         group_size=trainer.group_size,
     )
+    statement = run_statement(
+        trainer.plan, result.epochs_completed, records_per_user=trainer.group_size
+    )
     return {
         "run_name": trainer.plan.name,
         "epochs_completed": result.epochs_completed,
@@ -378,6 +382,8 @@ def _train(
         "stop_reason": result.stop_reason,
         "epsilon": group if grouped and result.epochs_completed else result.epsilon,
         "epsilon_per_record": result.epsilon,
+        "epsilon_rdp": result.epsilon,
+        "epsilon_pld": statement["epsilon_pld"],
         "max_records_per_individual": trainer.group_size,
         "class_weights": config.class_weights,
         "delta": result.delta,
@@ -390,4 +396,5 @@ def _train(
         "test_loss": test_loss,
         "checkpoint_path": result.checkpoint_path,
         "world_size": 1 if trainer.dist is None else trainer.dist.world_size,
+        "statement": statement,
     }
