@@ -61,6 +61,14 @@ def get_statement(
         return _statement(run, dataset, charged, records_per_user)
 
 
+def page_statement(session: Session, run_id: int, principal: Principal) -> StatementRead | None:
+    """The statement shown on the run's dashboard page (K = 1), None beyond the work bounds."""
+    try:
+        return get_statement(session, run_id, principal, records_per_user=1)
+    except InvalidInputError:
+        return None
+
+
 def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) -> StatementRead:
     mechanism = run_mechanism(run)
     dp_sgd = (
