@@ -192,6 +192,7 @@ class MechanismKind(StrEnum):
     laplace_release = "laplace_release"
     gaussian_release = "gaussian_release"
     approx_dp_release = "approx_dp_release"
+    tuning = "tuning"
 
 
 RunSampleRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -256,7 +257,37 @@ class ApproxDpRelease(Request):
     delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
-AnyMechanism = DpSgdMechanism | PateMechanism | LaplaceRelease | GaussianRelease | ApproxDpRelease
+class TuningMechanism(Request):
+    """Private hyperparameter tuning (Papernot & Steinke 2022), charged as ONE job of one unit.
+
+    ``base`` is a DP-SGD run that bounds every candidate (each candidate samples at most at
+    ``base.sample_rate``, for at most its steps, with noise at least its schedule's). The job
+    trains a random number of candidates, drawn from ``distribution`` (truncated negative
+    binomial with ``eta``, ``gamma``, or Poisson with mean ``mu``), each with one of the
+    ``candidates`` hyperparameter settings, and releases only the best. Its whole RDP curve
+    (their Thm. 2 or Thm. 6) is reserved at admission: charge unit 0 before the first candidate
+    trains.
+    """
+
+    kind: Literal["tuning"]
+    base: DpSgdMechanism
+    candidates: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        description="How many hyperparameter settings the job chooses among (informational)."
+    )
+    distribution: Literal["negative_binomial", "poisson"]
+    eta: Annotated[float, Field(gt=-1, le=1e3, allow_inf_nan=False)] = 1.0
+    gamma: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.5
+    mu: Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)] = 1.0
+
+
+AnyMechanism = (
+    DpSgdMechanism
+    | PateMechanism
+    | LaplaceRelease
+    | GaussianRelease
+    | ApproxDpRelease
+    | TuningMechanism
+)
 MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
 
 

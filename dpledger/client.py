@@ -77,6 +77,7 @@ __all__ = [
     "ServiceUnavailable",
     "StatementRead",
     "TokenCreated",
+    "Tuning",
     "Unauthorized",
     "Unreachable",
     "Unsupported",
@@ -446,7 +447,35 @@ class ApproxDpRelease:
         return {"kind": "approx_dp_release", "epsilon": self.epsilon, "delta": self.delta}
 
 
-Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """Private hyperparameter tuning over ``base`` (Papernot & Steinke 2022): one job, one unit.
+
+    ``base`` bounds every candidate; the number of candidates trained is random (truncated
+    negative binomial with ``eta``, ``gamma``, or Poisson with mean ``mu``).
+    """
+
+    base: DpSgd
+    candidates: int
+    distribution: Literal["negative_binomial", "poisson"]
+    eta: float = 1.0
+    gamma: float = 0.5
+    mu: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``mechanism`` object of ``POST /v1/runs``."""
+        return {
+            "kind": "tuning",
+            "base": self.base.to_json(),
+            "candidates": self.candidates,
+            "distribution": self.distribution,
+            "eta": self.eta,
+            "gamma": self.gamma,
+            "mu": self.mu,
+        }
+
+
+Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease | Tuning
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 import dp_core
 from app.errors import CalibrationFailedError, InvalidInputError, UnsupportedError
 from app.ledger.costs import UnitCosts
-from app.ledger.plans import ChargeSpec, PateSpec, ReleaseSpec, RunSpec, unit_costs
+from app.ledger.plans import ChargeSpec, PateSpec, ReleaseSpec, RunSpec, TuningSpec, unit_costs
 from app.ledger.quanta import FloatArray, Vec
 from app.ledger.rounding import capacity_down
 from app.schemas import (
@@ -34,6 +34,7 @@ from app.schemas import (
     NoiseMultiplierRead,
     NoiseMultiplierRequest,
     PateMechanism,
+    TuningMechanism,
 )
 from dp_core.calibration import max_steps_within_budget
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
@@ -220,6 +221,23 @@ def _gaussian_spec(mechanism: MechanismRequest) -> ChargeSpec:
     )
 
 
+def _tuning_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, TuningMechanism)
+    base = _dp_sgd_spec(mechanism.base)
+    assert isinstance(base, RunSpec)
+    spec = TuningSpec(
+        base=base,
+        candidates=mechanism.candidates,
+        distribution=mechanism.distribution,
+        eta=mechanism.eta,
+        gamma=mechanism.gamma,
+        mu=mechanism.mu,
+    )
+    with translated_dp_errors():
+        spec.mechanism(0, 1)
+    return spec
+
+
 def _no_rdp(mechanism: MechanismRequest) -> ChargeSpec:
     raise InvalidInputError(
         f"{mechanism.kind} has no RDP curve; it is charged to the approximate-DP sub-budget",
@@ -233,6 +251,7 @@ _CHARGE_SPECS: dict[str, Callable[[MechanismRequest], ChargeSpec]] = {
     "laplace_release": _laplace_spec,
     "gaussian_release": _gaussian_spec,
     "approx_dp_release": _no_rdp,
+    "tuning": _tuning_spec,
 }
 
 
@@ -241,6 +260,8 @@ def stored_mechanism(mechanism: MechanismRequest, spec: ChargeSpec | None) -> di
     stored = mechanism.model_dump(mode="json", exclude_none=False)
     if isinstance(spec, RunSpec):
         stored["steps_per_epoch"] = spec.steps_per_epoch
+    elif isinstance(spec, TuningSpec):
+        stored["base"]["steps_per_epoch"] = spec.base.steps_per_epoch
     elif isinstance(spec, PateSpec):
         stored["batch_size"] = spec.batch_size
     return stored
