@@ -244,7 +244,8 @@ def _summary(
 ) -> dict[str, Any]:
     scored = [c for c in trained if c.get("test_accuracy") is not None]
     best = max(scored, key=lambda c: float(c["test_accuracy"]), default=None)
-    selected = {} if best is None else {k: v for k, v in best.items() if k != "statement"}
+    single_run = ("statement", "epsilon_rdp", "epsilon_pld", "epsilon_per_record")
+    selected = {} if best is None else {k: v for k, v in best.items() if k not in single_run}
     tuning = {
         "candidates": [[lr, s] for lr, s in plan.tune.candidates()],
         "distribution": plan.tune.distribution,
@@ -270,6 +271,8 @@ def _summary(
         "selected": None if best is None else {"lr": best["lr"],
                                                "noise_multiplier": best["noise_multiplier"]},
         "epsilon": epsilon,  # the whole job's, tuning cost included
+        "epsilon_rdp": epsilon,
+        "epsilon_pld": None,  # Papernot & Steinke's bound is an RDP bound: no PLD counterpart
         "delta": plan.delta,
         "tuning": tuning,
     }  # fmt: skip

@@ -130,3 +130,5 @@ def test_cli_tunes_digits_and_reports_the_selected_candidate():
     assert summary["selected"]["noise_multiplier"] in (1.0, 2.0)
     assert summary["test_accuracy"] == max(c["test_accuracy"] for c in tuning["trained"])
     assert math.isclose(summary["epsilon"], tuning["epsilon"]) and summary["epsilon"] < 50
+    assert summary["epsilon_rdp"] == summary["epsilon"] and summary["epsilon_pld"] is None
+    assert "statement" not in summary  # a single candidate's statement would understate the job
