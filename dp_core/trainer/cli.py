@@ -229,6 +229,14 @@ def train(
             show_default=False,
         ),
     ] = None,
+    user_index: Annotated[
+        str | None,
+        typer.Option(
+            help="User-level DP-SGD: a file (.npy, or one integer per line) with the user id of "
+            "each training record in the loader's order; users are Poisson-sampled (--batch-size "
+            "counts users) and each user's summed gradient is clipped. Local runs only.",
+        ),
+    ] = None,
     tune: Annotated[
         bool,
         typer.Option(
@@ -281,6 +289,7 @@ def train(
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
         distributed=distributed, run_name=run_name,
         max_records_per_individual=max_records_per_individual, class_weights=class_weights,
+        user_index=user_index,
     )  # fmt: skip
     if tune:
         grid = _tune_config(config, tune_lrs, tune_noise, tune_distribution,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -87,6 +88,7 @@ class TrainConfig:
     max_records_per_individual: int | None = None
     class_weights: str | None = None
     run_name: str | None = None
+    user_index: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -227,6 +229,29 @@ def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
         )
 
 
+def _user_ids(config: TrainConfig, records: int) -> torch.Tensor | None:
+    """The user id of each training record (``--user-index``: .npy or one integer per line).
+
+    User-level training is local only for now: the ledger cannot yet check that a dataset's unit
+    is the user, and charging a user-level run to a dataset of examples would not be sound (one
+    record removed from a user changes that user's clipped sum by up to 2C).
+    """
+    if config.user_index is None:
+        return None
+    if config.service is not None:
+        raise InvalidParameterError(
+            "user_index", config.user_index,
+            "is for local runs until the ledger knows the dataset's privacy unit",
+        )  # fmt: skip
+    path = config.user_index
+    ids = np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    if ids.ndim != 1 or ids.shape[0] != records or not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidParameterError(
+            "user_index", path, f"needs one integer user id per training record ({records})"
+        )
+    return torch.from_numpy(ids.astype(np.int64))
+
+
 def run_name(config: TrainConfig) -> str:
     """The run's name in the ledger: as given; else a resumed checkpoint's; else a fresh one.
 
@@ -328,7 +353,9 @@ def _train(
         channels=data.channels,
     )
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
-    q = config.batch_size / len(data.train)
+    users = _user_ids(config, len(data.train))
+    population = len(data.train) if users is None else int(torch.unique(users).numel())
+    q = config.batch_size / population
     grouped = (config.max_records_per_individual or 1) > 1
     if grouped and config.service is not None:
         raise InvalidParameterError(
@@ -342,6 +369,7 @@ def _train(
         data.train,
         loss_fn=_loss(config, data.train.tensors[1], data.num_classes),
         max_records_per_individual=config.max_records_per_individual,
+        user_index=users,
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
         sample_rate=q,

@@ -189,6 +189,7 @@ def check_tunable(config: TrainConfig) -> None:
         "checkpoint_dir": config.checkpoint_dir,
         "max_records_per_individual": config.max_records_per_individual,
         "distributed": config.distributed or None,
+        "user_index": config.user_index,
     }
     for name, value in refused.items():
         if value is not None:

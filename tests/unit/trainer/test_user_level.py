@@ -113,3 +113,53 @@ def test_user_level_refuses_what_it_does_not_combine_with(extra, word):
         DPTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), TensorDataset(x, y),
                   loss_fn=F.cross_entropy, max_grad_norm=C, epochs=1, sample_rate=0.1,
                   noise_multiplier=1.0, **settings)  # fmt: skip
+
+
+def _cli(*args):
+    import typer
+    from typer.testing import CliRunner
+
+    from dp_core.trainer.cli import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def root():
+        pass
+
+    register(app)
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_cli_trains_at_the_user_level_from_a_user_index_file(tmp_path):
+    import json
+
+    import numpy as np
+
+    from dp_core.trainer.data import load_data
+
+    records = len(load_data("digits").train)
+    path = tmp_path / "users.txt"
+    np.savetxt(path, np.arange(records) // 3, fmt="%d")
+    users = -(-records // 3)
+    result = _cli("--epochs", "1", "--noise-multiplier", "1.0", "--batch-size", "40",
+                  "--user-index", str(path), "--threads", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["sample_rate"] == pytest.approx(40 / users)  # users, not records
+    assert summary["engine"] == "func"
+    expected = compute_epsilon(sample_rate=40 / users, noise_multiplier=1.0,
+                               steps=summary["steps_per_epoch"], delta=1e-5)  # fmt: skip
+    assert summary["epsilon"] == pytest.approx(expected.epsilon, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("extra", "word"),
+    [(["--service", "http://x", "--token", "t", "--dataset", "d"], "privacy unit"),
+     ([], "one integer user id per training record")],
+)  # fmt: skip
+def test_cli_refuses_user_level_with_the_service_or_a_wrong_length(tmp_path, extra, word):
+    path = tmp_path / "users.txt"
+    path.write_text("1\n2\n3\n")
+    result = _cli("--epochs", "1", "--noise-multiplier", "1.0", "--user-index", str(path), *extra)
+    assert result.exit_code == 2 and word in result.stderr
