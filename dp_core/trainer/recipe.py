@@ -413,6 +413,7 @@ def _train(
         "epsilon_rdp": result.epsilon,
         "epsilon_pld": statement["epsilon_pld"],
         "max_records_per_individual": trainer.group_size,
+        "privacy_unit": "example" if users is None else "user",
         "class_weights": config.class_weights,
         "delta": result.delta,
         "noise_multiplier": trainer.plan.schedule.noise_multiplier,

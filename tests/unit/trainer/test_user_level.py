@@ -147,7 +147,7 @@ def test_cli_trains_at_the_user_level_from_a_user_index_file(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["sample_rate"] == pytest.approx(40 / users)  # users, not records
-    assert summary["engine"] == "func"
+    assert summary["engine"] == "func" and summary["privacy_unit"] == "user"
     expected = compute_epsilon(sample_rate=40 / users, noise_multiplier=1.0,
                                steps=summary["steps_per_epoch"], delta=1e-5)  # fmt: skip
     assert summary["epsilon"] == pytest.approx(expected.epsilon, rel=1e-6)
