@@ -259,8 +259,8 @@ class EpsilonRead(_Result):
     """The stateless accountant's epsilon: ``epsilon`` is ``epsilon_rdp``; ``epsilon_pld`` beside."""
 
     epsilon: float
-    epsilon_rdp: float
-    epsilon_pld: float | None
+    epsilon_rdp: float | None = None  # None only from a service older than these fields
+    epsilon_pld: float | None = None
     epsilon_grid: float
     order: float
     delta: float
