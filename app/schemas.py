@@ -194,6 +194,7 @@ class MechanismKind(StrEnum):
     laplace_release = "laplace_release"
     gaussian_release = "gaussian_release"
     approx_dp_release = "approx_dp_release"
+    tuning = "tuning"
 
 
 RunSampleRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -258,7 +259,37 @@ class ApproxDpRelease(Request):
     delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
-AnyMechanism = DpSgdMechanism | PateMechanism | LaplaceRelease | GaussianRelease | ApproxDpRelease
+class TuningMechanism(Request):
+    """Private hyperparameter tuning (Papernot & Steinke 2022), charged as ONE job of one unit.
+
+    ``base`` is a DP-SGD run that bounds every candidate (each candidate samples at most at
+    ``base.sample_rate``, for at most its steps, with noise at least its schedule's). The job
+    trains a random number of candidates, drawn from ``distribution`` (truncated negative
+    binomial with ``eta``, ``gamma``, or Poisson with mean ``mu``), each with one of the
+    ``candidates`` hyperparameter settings, and releases only the best. Its whole RDP curve
+    (their Thm. 2 or Thm. 6) is reserved at admission: charge unit 0 before the first candidate
+    trains.
+    """
+
+    kind: Literal["tuning"]
+    base: DpSgdMechanism
+    candidates: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        description="How many hyperparameter settings the job chooses among (informational)."
+    )
+    distribution: Literal["negative_binomial", "poisson"]
+    eta: Annotated[float, Field(gt=-1, le=1e3, allow_inf_nan=False)] = 1.0
+    gamma: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.5
+    mu: Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)] = 1.0
+
+
+AnyMechanism = (
+    DpSgdMechanism
+    | PateMechanism
+    | LaplaceRelease
+    | GaussianRelease
+    | ApproxDpRelease
+    | TuningMechanism
+)
 MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
 
 
@@ -502,6 +533,84 @@ class BudgetRead(BaseModel):
     orders: list[OrderHeadroom]
 
 
+# --- privacy statement -----------------------------------------------------------------------
+
+
+class UserLevelRead(BaseModel):
+    """User-level epsilon for users with up to ``records_per_user`` records (group privacy)."""
+
+    records_per_user: int
+    epsilon: float | None = Field(description="min(epsilon_rdp, epsilon_pld): both are bounds.")
+    epsilon_rdp: float | None = Field(description="Mironov 2017, Prop. 2 (group privacy of RDP).")
+    order: float | None = Field(description="Renyi order of epsilon_rdp (of the group curve).")
+    epsilon_pld: float | None = Field(
+        description="PLD of the subsampled Gaussian with rate 1-(1-q)^K and noise sigma/K."
+    )
+    group_sample_rate: float
+    delta: float
+
+
+class DpSgdStatementRead(BaseModel):
+    """The example-, epoch- and user-level numbers of the DP-SGD steps a run charged.
+
+    The same fields, with the same values, as ``dpledger statement --json`` for these parameters
+    (both come from ``dp_core.statement.build_privacy_statement``).
+    """
+
+    sample_rate: float
+    steps: int = Field(description="Steps charged: steps_per_epoch (of the run) x epochs charged.")
+    steps_per_epoch: int = Field(description="ceil(1/q): TF Privacy's steps of one epoch.")
+    epochs: float = Field(description="steps * q, the expected passes over the data.")
+    schedule: dict[str, Any]
+    delta: float
+    epsilon_rdp: float | None = Field(description="RDP epsilon, refined over real orders.")
+    order: float | None = Field(description="The Renyi order of epsilon_rdp.")
+    epsilon_pld: float | None = Field(description="PLD epsilon (an upper bound, tighter).")
+    epoch_epsilon_rdp: float | None = Field(
+        description="Each example once per epoch in any order (no sampling assumed), by RDP."
+    )
+    epoch_order: float | None
+    epoch_epsilon_pld: float | None = Field(
+        description="The same by the exact Gaussian curve (Balle & Wang 2018)."
+    )
+    user: UserLevelRead
+    opacus_epsilon: float | None = Field(description="Epsilon on Opacus' grid (orders 1.1-63).")
+    opacus_grid_lacks_order: bool
+
+
+class StatementRead(BaseModel):
+    """The privacy statement of a run as the ledger holds it (``GET /v1/runs/{id}/statement``).
+
+    ``epsilon_run`` is the ledger's number (RunRead.epsilon_run: the dataset's orders, costs
+    rounded up); ``dp_sgd`` holds the tighter numbers of the same charged steps (RDP refined over
+    real orders, and PLD). ``epsilon_spent`` is the dataset's filter guarantee across every run
+    (BudgetRead.epsilon_spent).
+    """
+
+    run_id: int
+    run_name: str
+    dataset: str
+    kind: MechanismKind
+    status: RunStatus
+    mechanism: dict[str, Any] = Field(description="The mechanism record the ledger holds.")
+    sampling: str | None = Field(description="'poisson' for DP-SGD (null for other kinds).")
+    shuffling_note: str | None = Field(description="What changes if the data was shuffled.")
+    delta: float = Field(description="The dataset's target_delta: every epsilon holds for it.")
+    units_planned: int
+    units_charged: int
+    epsilon_run: float | None = Field(description="As RunRead.epsilon_run (charged units).")
+    epsilon_run_order: float | None = Field(description="The ledger order of epsilon_run.")
+    epsilon_run_planned: float | None = Field(
+        description="The same conversion of every planned unit (what the plan would spend)."
+    )
+    dp_sgd: DpSgdStatementRead | None = Field(description="Null for kinds other than dp_sgd.")
+    target_epsilon: float
+    epsilon_spent: float | None = Field(
+        description="The dataset's spent epsilon across all runs (as BudgetRead.epsilon_spent)."
+    )
+    text: str = Field(description="The statement as text (what `dpledger statement` prints).")
+
+
 # --- stateless accountant -------------------------------------------------------------------
 
 
@@ -517,9 +626,16 @@ class EpsilonRequest(Request):
 
 
 class EpsilonRead(BaseModel):
-    """The accountant's answer."""
+    """The accountant's answer: RDP and PLD epsilons of the same steps, labelled.
 
-    epsilon: float
+    ``epsilon`` is ``epsilon_rdp`` (kept for compatibility); ``epsilon_pld`` is the PLD
+    accountant's upper bound of the same curve, usually tighter. Admission on a dataset always
+    uses RDP (the filter), whatever these say.
+    """
+
+    epsilon: float = Field(description="Same as epsilon_rdp (kept for compatibility).")
+    epsilon_rdp: float = Field(description="RDP epsilon, refined over real orders.")
+    epsilon_pld: float | None = Field(description="PLD epsilon (null when not computed).")
     epsilon_grid: float
     order: float
     delta: float

@@ -108,11 +108,16 @@ def compute_user_epsilon(
     delta: float,
     records_per_user: int,
     orders: object = None,
+    discretization: float | None = None,
+    max_fft_points: int | None = None,
 ) -> UserLevelEpsilon:
     """User-level epsilon of ``steps`` DP-SGD steps for users with up to K records.
 
     K = 1 gives exactly the example-level numbers (the refined RDP epsilon of
     :func:`dp_core.calibration.epsilon_of_schedule` and :func:`dp_core.pld.compute_epsilon_pld`).
+    ``discretization`` overrides the PLD's grid width for K > 1 (a coarser grid bounds the work
+    and stays an upper bound; default :data:`dp_core.pld.SCHEDULE_DISCRETIZATION`);
+    ``max_fft_points`` is passed to :func:`dp_core.pld.compute_epsilon_pld`.
     """
     delta = open_probability("delta", delta)
     k = non_negative_int("records_per_user", records_per_user)
@@ -125,7 +130,8 @@ def compute_user_epsilon(
         delta=delta,
         # K > 1 divides sigma by K, which widens the loss range K^2-fold: the coarser grid keeps
         # the cost bounded (still an upper bound, slightly looser).
-        discretization=None if k == 1 else SCHEDULE_DISCRETIZATION,
+        discretization=None if k == 1 else discretization or SCHEDULE_DISCRETIZATION,
+        max_fft_points=max_fft_points,
     )
     if c == 0:
         report = epsilon_of_schedule(

@@ -282,7 +282,9 @@ def _fold(pld: DiscretePld, n: int) -> FloatArray:
     return folded
 
 
-def compose_plds(plds: list[tuple[DiscretePld, int]]) -> tuple[DiscretePld, float]:
+def compose_plds(
+    plds: list[tuple[DiscretePld, int]], *, max_fft_points: int | None = None
+) -> tuple[DiscretePld, float]:
     """Compose PLDs, each a given number of times, by one FFT (Koskela et al. 2020, Alg. 1).
 
     The transform of the composition is the product of the steps' transforms raised to their
@@ -291,6 +293,9 @@ def compose_plds(plds: list[tuple[DiscretePld, int]]) -> tuple[DiscretePld, floa
 
     Args:
         plds: ``(pld, count)`` pairs on the same grid.
+        max_fft_points: Refuse (DpCoreError, before any FFT) a composition whose transforms would
+            hold more points in all (one transform of the window per distinct PLD); None: only
+            the window limit of 2^25 points applies.
 
     Returns:
         The composed PLD on its window, and the mass that may lie outside the window plus the
@@ -298,6 +303,11 @@ def compose_plds(plds: list[tuple[DiscretePld, int]]) -> tuple[DiscretePld, floa
     """
     h = plds[0][0].discretization
     lo, hi = _window(plds, math.log(_WINDOW_TAIL))
+    if max_fft_points is not None and len(plds) * (hi - lo + 1) > max_fft_points:
+        raise DpCoreError(
+            f"composing {len(plds)} PLDs over {hi - lo + 1} grid points exceeds the work bound of"
+            f" {max_fft_points} points; use a larger discretization"
+        )
     if hi - lo + 1 > _MAX_GRID:
         raise DpCoreError(
             f"the composed privacy loss spans {hi - lo + 1} grid points (more than {_MAX_GRID}); "
@@ -419,6 +429,7 @@ def compute_epsilon_pld(
     decay_rate: float = 0.0,
     discretization: float | None = None,
     bucket_ratio: float = DEFAULT_BUCKET_RATIO,
+    max_fft_points: int | None = None,
 ) -> PldEpsilon:
     """Epsilon at ``delta`` of ``steps`` Poisson-subsampled Gaussian steps, by PLD accounting.
 
@@ -439,6 +450,9 @@ def compute_epsilon_pld(
             :data:`SCHEDULE_DISCRETIZATION` once sigmas are rounded into buckets (the error of the composed epsilon shrinks like h^2; the work grows like the
             number of sigmas over h, so a 100,000-step decaying schedule stays under 2 s).
         bucket_ratio: r >= 1: decaying sigmas are rounded down to sigma_max * r^-k (1.0: exact).
+        max_fft_points: Refuse (DpCoreError) a composition whose transforms would hold more
+            points in all (distinct sigmas x window); a caller bounding its work retries with a
+            coarser ``discretization``. None: no bound but the window's.
     """
     q = probability("sample_rate", sample_rate)
     steps = non_negative_int("steps", steps)
@@ -458,7 +472,7 @@ def compute_epsilon_pld(
     exact = distinct.size <= _EXACT_SIGMAS or ratio == 1.0
     h = discretization or _default_discretization(sigmas.size, rounded=not exact)
     epsilons = {
-        direction: _epsilon_direction(q, sigmas, counts, direction, h, delta)
+        direction: _epsilon_direction(q, sigmas, counts, direction, h, delta, max_fft_points)
         for direction in _DIRECTIONS
     }
     return PldEpsilon(
@@ -486,7 +500,13 @@ def _default_discretization(buckets: int, *, rounded: bool) -> float:
 
 
 def _epsilon_direction(
-    q: float, sigmas: FloatArray, counts: FloatArray, direction: str, h: float, delta: float
+    q: float,
+    sigmas: FloatArray,
+    counts: FloatArray,
+    direction: str,
+    h: float,
+    delta: float,
+    max_fft_points: int | None = None,
 ) -> float:
     plds = [
         (
@@ -497,5 +517,5 @@ def _epsilon_direction(
         )
         for s, c in zip(sigmas, counts, strict=True)
     ]
-    composed, slack = compose_plds(plds)
+    composed, slack = compose_plds(plds, max_fft_points=max_fft_points)
     return epsilon_of_pld(composed, delta, slack)

@@ -13,26 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
-from dp_core.group import UserLevelEpsilon, compute_user_epsilon
+from dp_core.errors import DpCoreError, InvalidParameterError
+from dp_core.group import UserLevelEpsilon, compute_user_epsilon, group_rdp, group_sample_rate
 from dp_core.mechanisms import SampledGaussianSchedule
-from dp_core.pld import compute_epsilon_pld
+from dp_core.pld import SCHEDULE_DISCRETIZATION, compute_epsilon_pld
 from dp_core.rdp.compose import compute_rdp
-from dp_core.rdp.orders import FloatArray
+from dp_core.rdp.orders import DEFAULT_ORDERS, FloatArray
 from dp_core.schedules import NoiseSchedule
-from dp_core.validation import non_negative_int, open_probability, probability
+from dp_core.validation import non_negative_int, open_probability, positive_float, probability
 
 __all__ = [
     "OPACUS_ORDERS",
     "PrivacyStatement",
     "build_privacy_statement",
+    "gaussian_delta",
+    "gaussian_epsilon",
     "render_privacy_statement",
+    "user_discretization",
     "steps_per_epoch",
 ]
 
@@ -111,18 +117,67 @@ def steps_per_epoch(sample_rate: float) -> int:
 
 def _epoch_sigmas(schedule: NoiseSchedule, steps: int, per_epoch: int) -> FloatArray:
     """Smallest sigma of each (possibly partial) epoch: an example's one step may be any of them."""
+    if schedule.is_constant:  # every epoch's smallest sigma is the one sigma
+        sigma = float(schedule.noise_multipliers(0, 1)[0])
+        return np.full(-(-steps // per_epoch), sigma)
     sigmas = schedule.noise_multipliers(0, steps)
-    return np.array([sigmas[i : i + per_epoch].min() for i in range(0, steps, per_epoch)])
+    return np.minimum.reduceat(sigmas, np.arange(0, steps, per_epoch))
+
+
+def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
+    """Exact delta(epsilon) of the Gaussian mechanism with sensitivity 1 and noise sigma.
+
+    Balle & Wang 2018, "Improving the Gaussian mechanism for differential privacy", Thm. 8:
+    delta = Phi(1/(2 s) - eps s) - e^eps Phi(-1/(2 s) - eps s). The second term is computed in log
+    space (log_ndtr) so that e^eps cannot overflow.
+    """
+    s = noise_multiplier
+    first = float(special.ndtr(1.0 / (2.0 * s) - epsilon * s))
+    second = math.exp(epsilon + float(special.log_ndtr(-1.0 / (2.0 * s) - epsilon * s)))
+    return max(first - second, 0.0)
+
+
+def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
+    """Exact epsilon at ``delta`` of the Gaussian mechanism (Balle & Wang 2018, Thm. 8).
+
+    delta(eps) decreases in eps, so bisection finds it; the upper end of the final bracket is
+    returned (its delta is at most ``delta``): rounded toward privacy, within 1e-12 relative.
+    """
+    s = positive_float("noise_multiplier", noise_multiplier)
+    delta = open_probability("delta", delta)
+    if gaussian_delta(noise_multiplier=s, epsilon=0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(noise_multiplier=s, epsilon=hi) > delta:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-12 * hi:
+        mid = 0.5 * (lo + hi)
+        if gaussian_delta(noise_multiplier=s, epsilon=mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def user_discretization(records_per_user: int) -> float:
+    """PLD grid width for users of K > 1 records: the loss range grows K^2-fold, so does h.
+
+    Keeps the user-level PLD's work that of one record at :data:`dp_core.pld.SCHEDULE_DISCRETIZATION`
+    (a coarser grid is still an upper bound, only looser; the statement takes the smaller of the
+    RDP and PLD bounds).
+    """
+    return SCHEDULE_DISCRETIZATION * max(1.0, records_per_user**2 / 4.0)
 
 
 def _epoch_level(
     schedule: NoiseSchedule, steps: int, per_epoch: int, delta: float, orders: object
 ) -> tuple[float, float, float]:
-    """(RDP epsilon, order, PLD epsilon) of one Gaussian mechanism per epoch (no sampling).
+    """(RDP epsilon, order, exact epsilon) of one Gaussian mechanism per epoch (no sampling).
 
     RDP adds up, alpha / (2 sigma_e^2) per epoch (Mironov 2017, Prop. 1 and Cor. 3); the Gaussians
     compose exactly into one with sigma_eff = (sum_e sigma_e^-2)^(-1/2) (Dong, Roth & Su 2022,
-    "Gaussian differential privacy", Cor. 3.3), whose curve is Balle & Wang 2018, Thm. 8.
+    "Gaussian differential privacy", Cor. 3.3), whose exact curve is Balle & Wang 2018, Thm. 8
+    (:func:`gaussian_epsilon`; what a PLD accountant approaches from above).
     """
     if steps == 0:
         return 0.0, math.nan, 0.0
@@ -133,8 +188,62 @@ def _epoch_level(
         warn=False,
     )  # fmt: skip
     sigma_eff = float(np.sum(epoch_sigmas**-2.0) ** -0.5)
-    pld = compute_epsilon_pld(sample_rate=1.0, noise_multiplier=sigma_eff, steps=1, delta=delta)
-    return rdp.epsilon, rdp.order, pld.epsilon
+    return rdp.epsilon, rdp.order, gaussian_epsilon(noise_multiplier=sigma_eff, delta=delta)
+
+
+_COARSER = (1.0, 4.0, 16.0, 64.0)  # retries of a bounded PLD: grid width times these
+
+
+def _bounded(compute: Callable[[float | None], float], base: float | None) -> float:
+    """Run a PLD computation, coarsening its grid while its window is too wide; inf if never.
+
+    A coarser grid is still an upper bound (Doroshenko et al. 2022, Thm. 9), only looser; inf
+    reports "not computed" (the statement then shows the RDP numbers alone).
+    """
+    for factor in _COARSER:
+        h = None if base is None and factor == 1.0 else (base or SCHEDULE_DISCRETIZATION) * factor
+        try:
+            return compute(h)
+        except InvalidParameterError:
+            raise
+        except DpCoreError:  # the composed window exceeded max_fft_points: try a coarser grid
+            continue
+    return math.inf
+
+
+def _user_level(
+    *, example: tuple[float, float], pld: float, sample_rate: float, schedule: NoiseSchedule,
+    steps: int, delta: float, records_per_user: int, orders: object, max_fft_points: int | None,
+) -> UserLevelEpsilon:  # fmt: skip
+    """User-level epsilon; for K = 1 the example-level numbers themselves (nothing recomputed)."""
+    k = records_per_user
+    if k == 1:
+        epsilon_rdp, order = example
+        return UserLevelEpsilon(
+            1, min(epsilon_rdp, pld), epsilon_rdp, order, pld, sample_rate, delta
+        )
+    try:
+        return compute_user_epsilon(
+            sample_rate=sample_rate, schedule=schedule, steps=steps, delta=delta,
+            records_per_user=k, orders=orders, discretization=user_discretization(k),
+            max_fft_points=max_fft_points,
+        )  # fmt: skip
+    except InvalidParameterError:
+        raise
+    except DpCoreError:  # the PLD's window is too wide even on the coarse grid: RDP alone
+        return _user_rdp_only(sample_rate, schedule, steps, delta, k, orders)
+
+
+def _user_rdp_only(
+    q: float, schedule: NoiseSchedule, steps: int, delta: float, k: int, orders: object
+) -> UserLevelEpsilon:
+    """The RDP group bound of :func:`dp_core.group.compute_user_epsilon` (K > 1), PLD = inf."""
+    mechanism = SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps)
+    grid = DEFAULT_ORDERS if orders is None else np.asarray(orders, dtype=np.float64)
+    beta, rdp = group_rdp(mechanism=mechanism, orders=grid, records_per_user=k)
+    result = rdp_to_epsilon(orders=beta, rdp=rdp, delta=delta, warn=False)
+    rate = group_sample_rate(sample_rate=q, records_per_user=k)
+    return UserLevelEpsilon(k, result.epsilon, result.epsilon, result.order, math.inf, rate, delta)
 
 
 def build_privacy_statement(
@@ -145,8 +254,14 @@ def build_privacy_statement(
     schedule: NoiseSchedule,
     records_per_user: int = 1,
     orders: object = None,
+    max_fft_points: int | None = None,
 ) -> PrivacyStatement:
-    """Compute every number of the privacy statement of one DP-SGD run (see the module doc)."""
+    """Compute every number of the privacy statement of one DP-SGD run (see the module doc).
+
+    ``max_fft_points`` bounds each PLD composition's FFT work (a service bounding its work):
+    a wider one is retried on a coarser grid, and a PLD epsilon that never fits is inf ("not
+    computed"; the RDP numbers stand alone).
+    """
     q = probability("sample_rate", sample_rate)
     steps = non_negative_int("steps", steps)
     delta = open_probability("delta", delta)
@@ -154,15 +269,22 @@ def build_privacy_statement(
     example = epsilon_of_schedule(
         sample_rate=q, schedule=schedule, steps=steps, delta=delta, orders=orders, warn=False
     )
-    pld = compute_epsilon_pld(sample_rate=q, schedule=schedule, steps=steps, delta=delta)
+    pld = _bounded(
+        lambda h: compute_epsilon_pld(
+            sample_rate=q, schedule=schedule, steps=steps, delta=delta, discretization=h,
+            max_fft_points=max_fft_points,
+        ).epsilon,
+        None,
+    )  # fmt: skip
     # q = 0 samples no example, so no epoch touches one.
     epoch_steps = steps if q > 0.0 else 0
     epoch_rdp, epoch_order, epoch_pld = _epoch_level(
         schedule, epoch_steps, per_epoch, delta, orders
     )
-    user = compute_user_epsilon(
-        sample_rate=q, schedule=schedule, steps=steps, delta=delta,
-        records_per_user=records_per_user, orders=orders,
+    user = _user_level(
+        example=(example.epsilon, example.order), pld=pld, sample_rate=q, schedule=schedule,
+        steps=steps, delta=delta, records_per_user=records_per_user, orders=orders,
+        max_fft_points=max_fft_points,
     )  # fmt: skip
     mechanism = SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps)
     opacus = rdp_to_epsilon(
@@ -175,7 +297,7 @@ def build_privacy_statement(
     return PrivacyStatement(
         sample_rate=q, steps=steps, steps_per_epoch=per_epoch, epochs=steps * q,
         schedule=schedule.to_dict(), delta=delta, epsilon_rdp=example.epsilon,
-        order=example.order, epsilon_pld=pld.epsilon, epoch_epsilon_rdp=epoch_rdp,
+        order=example.order, epsilon_pld=pld, epoch_epsilon_rdp=epoch_rdp,
         epoch_order=epoch_order, epoch_epsilon_pld=epoch_pld, user=user,
         opacus_epsilon=opacus, opacus_grid_lacks_order=lacks,
     )  # fmt: skip
@@ -193,6 +315,10 @@ def _noise_text(schedule: dict[str, Any]) -> str:
     )
 
 
+def _pld(epsilon: float) -> str:
+    return f"{epsilon:.4f}" if math.isfinite(epsilon) else "not computed (beyond the work bound)"
+
+
 def render_privacy_statement(statement: PrivacyStatement) -> str:
     """The statement as text (TF Privacy's layout, with RDP and PLD side by side)."""
     s, u = statement, statement.user
@@ -203,7 +329,7 @@ def render_privacy_statement(statement: PrivacyStatement) -> str:
         "",
         f"Example-level DP with add-or-remove-one adjacency at delta = {s.delta:g}:",
         f"    Epsilon assuming Poisson sampling (*):   RDP {s.epsilon_rdp:.4f} (Renyi order "
-        f"{s.order:.3g}), PLD {s.epsilon_pld:.4f}",
+        f"{s.order:.3g}), PLD {_pld(s.epsilon_pld)}",
         f"    Epsilon with each example occurring once per epoch (any order, no sampling "
         f"assumed):  RDP {s.epoch_epsilon_rdp:.4f} (Renyi order {s.epoch_order:.3g}), "
         f"PLD {s.epoch_epsilon_pld:.4f}",
@@ -212,7 +338,7 @@ def render_privacy_statement(statement: PrivacyStatement) -> str:
         f"(add-or-remove-{u.records_per_user} adjacency), assuming Poisson sampling: "
         f"epsilon {u.epsilon:.4f}, the smaller of",
         f"    RDP {u.epsilon_rdp:.4f} (Renyi order {u.order:.3g}; group privacy, Mironov 2017 "
-        f"Prop. 2), PLD {u.epsilon_pld:.4f} (sampling rate 1-(1-q)^K = {u.group_sample_rate:.4g}, "
+        f"Prop. 2), PLD {_pld(u.epsilon_pld)} (sampling rate 1-(1-q)^K = {u.group_sample_rate:.4g}, "
         f"noise / K)",
     ]
     if s.opacus_grid_lacks_order:

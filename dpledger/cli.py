@@ -35,6 +35,13 @@ def _http_gate(*, base_url: str, token: str, dataset: str, reservation: str) -> 
     return http_gate(base_url=base_url, token=token, dataset=dataset, reservation=reservation)
 
 
+def _http_tuning_ledger(*, base_url: str, token: str, dataset: str) -> Any:
+    """Build the ledger of ``train --tune --service`` (imported when it runs, not before)."""
+    from dpledger.gate import http_tuning_ledger
+
+    return http_tuning_ledger(base_url=base_url, token=token, dataset=dataset)
+
+
 cli = typer.Typer(
     name="dpledger",
     cls=_Root,
@@ -43,7 +50,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     # `train --service` builds its ledger gate with this (dp_core never imports dpledger).
-    context_settings={"obj": {"remote_gate": _http_gate}},
+    context_settings={"obj": {"remote_gate": _http_gate, "remote_tuning": _http_tuning_ledger}},
     # Plain click help: rich's option tables cut long option names at 80 columns.
     rich_markup_mode=None,
 )

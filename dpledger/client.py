@@ -46,6 +46,7 @@ __all__ = [
     "DatasetList",
     "DatasetRead",
     "DpSgd",
+    "DpSgdStatementRead",
     "EpochBeyondPlan",
     "EpochChargeRead",
     "EpochOutOfOrder",
@@ -75,10 +76,13 @@ __all__ = [
     "RunRead",
     "ServerError",
     "ServiceUnavailable",
+    "StatementRead",
     "TokenCreated",
+    "Tuning",
     "Unauthorized",
     "Unreachable",
     "Unsupported",
+    "UserLevelRead",
     "error_from_response",
 ]
 
@@ -263,13 +267,70 @@ class BudgetRead(_Result):
 
 
 class EpsilonRead(_Result):
-    """The stateless accountant's epsilon."""
+    """The stateless accountant's epsilon: ``epsilon`` is ``epsilon_rdp``; ``epsilon_pld`` beside."""
 
     epsilon: float
+    epsilon_rdp: float | None = None  # None only from a service older than these fields
+    epsilon_pld: float | None = None
     epsilon_grid: float
     order: float
     delta: float
     steps: int
+
+
+class UserLevelRead(_Result):
+    """User-level epsilon for users with up to ``records_per_user`` records."""
+
+    records_per_user: int
+    epsilon: float | None
+    epsilon_rdp: float | None
+    order: float | None
+    epsilon_pld: float | None
+    group_sample_rate: float
+    delta: float
+
+
+class DpSgdStatementRead(_Result):
+    """The example-, epoch- and user-level numbers of the DP-SGD steps a run charged."""
+
+    sample_rate: float
+    steps: int
+    steps_per_epoch: int
+    epochs: float
+    schedule: dict[str, Any]
+    delta: float
+    epsilon_rdp: float | None
+    order: float | None
+    epsilon_pld: float | None
+    epoch_epsilon_rdp: float | None
+    epoch_order: float | None
+    epoch_epsilon_pld: float | None
+    user: UserLevelRead
+    opacus_epsilon: float | None
+    opacus_grid_lacks_order: bool
+
+
+class StatementRead(_Result):
+    """The privacy statement of a run as the ledger holds it (``text`` is what to print)."""
+
+    run_id: int
+    run_name: str
+    dataset: str
+    kind: str
+    status: str
+    mechanism: dict[str, Any]
+    sampling: str | None
+    shuffling_note: str | None
+    delta: float
+    units_planned: int
+    units_charged: int
+    epsilon_run: float | None
+    epsilon_run_order: float | None
+    epsilon_run_planned: float | None
+    dp_sgd: DpSgdStatementRead | None
+    target_epsilon: float
+    epsilon_spent: float | None
+    text: str
 
 
 class MaxStepsRead(_Result):
@@ -397,7 +458,35 @@ class ApproxDpRelease:
         return {"kind": "approx_dp_release", "epsilon": self.epsilon, "delta": self.delta}
 
 
-Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """Private hyperparameter tuning over ``base`` (Papernot & Steinke 2022): one job, one unit.
+
+    ``base`` bounds every candidate; the number of candidates trained is random (truncated
+    negative binomial with ``eta``, ``gamma``, or Poisson with mean ``mu``).
+    """
+
+    base: DpSgd
+    candidates: int
+    distribution: Literal["negative_binomial", "poisson"]
+    eta: float = 1.0
+    gamma: float = 0.5
+    mu: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``mechanism`` object of ``POST /v1/runs``."""
+        return {
+            "kind": "tuning",
+            "base": self.base.to_json(),
+            "candidates": self.candidates,
+            "distribution": self.distribution,
+            "eta": self.eta,
+            "gamma": self.gamma,
+            "mu": self.mu,
+        }
+
+
+Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease | Tuning
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -921,6 +1010,16 @@ class LedgerClient:
     def get_run(self, run_id: int) -> RunRead:
         """``GET /v1/runs/{id}``."""
         return self._call(RunRead, "GET", f"/v1/runs/{run_id}", idempotent=True)
+
+    def statement(self, run_id: int, *, records_per_user: int = 1) -> StatementRead:
+        """``GET /v1/runs/{id}/statement``: the run's privacy statement (RDP and PLD, user level)."""
+        return self._call(
+            StatementRead,
+            "GET",
+            f"/v1/runs/{run_id}/statement",
+            params={"records_per_user": records_per_user},
+            idempotent=True,
+        )
 
     def charge_epoch(self, run_id: int, epoch: int) -> EpochChargeRead:
         """``POST /v1/runs/{id}/epochs``: charge epoch ``epoch`` (0-based) before it starts.

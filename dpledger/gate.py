@@ -19,9 +19,23 @@ from typing import Any
 from dp_core.errors import InvalidParameterError
 from dp_core.trainer.budget_gate import GateDecision, RunPlan
 from dp_core.trainer.errors import LedgerError as TrainerLedgerError
-from dpledger.client import BudgetExceeded, DpSgd, LedgerClient, LedgerError, RetryPolicy
+from dpledger.client import (
+    BudgetExceeded,
+    DpSgd,
+    LedgerClient,
+    LedgerError,
+    RetryPolicy,
+    Tuning,
+)
 
-__all__ = ["HttpBudgetGate", "http_gate", "plan_mechanism", "refusal_reason"]
+__all__ = [
+    "HttpBudgetGate",
+    "HttpTuningLedger",
+    "http_gate",
+    "http_tuning_ledger",
+    "plan_mechanism",
+    "refusal_reason",
+]
 
 _RESERVATIONS = ("plan", "epoch")
 
@@ -165,3 +179,69 @@ class HttpBudgetGate:
 def http_gate(*, base_url: str, token: str, dataset: str, reservation: str) -> HttpBudgetGate:
     """Build the gate of ``dpledger train --service`` (a ``RemoteGateFactory``)."""
     return HttpBudgetGate(base_url=base_url, token=token, dataset=dataset, reservation=reservation)
+
+
+class HttpTuningLedger:
+    """A tuning job registered as ONE ``tuning`` run on the service and charged up front.
+
+    :meth:`admit` creates the run (its whole RDP bound reserved) and charges its one unit before
+    any candidate trains; a budget refusal raises
+    :class:`dp_core.trainer.tuning.TuningRefused`, any other failure the trainer's LedgerError.
+    """
+
+    def __init__(
+        self, *, base_url: str, token: str | None, dataset: str, client: LedgerClient | None = None
+    ) -> None:
+        """Create the ledger; pass ``client`` to share one (tests: a client on the in-process app)."""
+        self.dataset = dataset
+        self._owns_client = client is None
+        self.client = client or LedgerClient(base_url, token=token)
+        self.run_id: int | None = None
+
+    def admit(self, plan: Any) -> dict[str, Any]:
+        """Register the job and charge it; return the ledger's run id and epsilon."""
+        from dp_core.trainer.tuning import TuningRefused
+
+        tune = plan.tune
+        mechanism = Tuning(
+            base=DpSgd(
+                sample_rate=plan.sample_rate, steps_per_epoch=plan.steps_per_epoch,
+                epochs=plan.epochs, noise_multiplier=plan.base_noise_multiplier,
+                schedule=plan.schedule, decay_rate=plan.decay_rate,
+                max_grad_norm=plan.max_grad_norm,
+            ),
+            candidates=len(tune.candidates()), distribution=tune.distribution, eta=tune.eta,
+            gamma=tune.gamma, mu=tune.mu,
+        )  # fmt: skip
+        try:
+            run = self.client.create_run(dataset=self.dataset, name=plan.name, mechanism=mechanism)
+            self.run_id = run.id
+            charge = self.client.charge_epoch(run.id, 0)
+        except BudgetExceeded as refusal:
+            self._close()
+            raise TuningRefused(f"refused: {refusal_reason(refusal)}") from None
+        except LedgerError as error:
+            self._close()
+            raise TrainerLedgerError(f"registering the tuning job failed: {error}",
+                                     status=error.status, service_code=error.code) from error  # fmt: skip
+        return {"ledger_run_id": run.id, "epsilon_ledger": charge.epsilon_run}
+
+    def finish(self) -> None:
+        """Finish the run (nothing is left reserved: its one unit was charged)."""
+        try:
+            if self.run_id is not None:
+                self.client.finish_run(self.run_id)
+        except LedgerError as error:
+            raise TrainerLedgerError(f"finishing the tuning job failed: {error}",
+                                     status=error.status, service_code=error.code) from error  # fmt: skip
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+
+def http_tuning_ledger(*, base_url: str, token: str, dataset: str) -> HttpTuningLedger:
+    """Build the tuning ledger of ``dpledger train --tune --service``."""
+    return HttpTuningLedger(base_url=base_url, token=token, dataset=dataset)

@@ -8,6 +8,9 @@ Three kinds of plans share one interface: ``units`` (how many charges), ``mechan
 * :class:`PateSpec`: PATE noisy-max answers; a unit is a batch of ``batch_size`` queries (the last
   may be smaller).
 * :class:`ReleaseSpec`: one Laplace or Gaussian release; a single unit.
+* :class:`TuningSpec`: private hyperparameter tuning over a DP-SGD base (Papernot & Steinke 2022);
+  a single unit, the whole job (its RDP bound is not a sum over candidates, so it is charged
+  once, before the first candidate trains).
 
 Costs are computed from closed forms wherever units repeat: composition adds RDP (Mironov 2017,
 Prop. 1), so ``k`` identical steps or queries cost exactly ``k`` times one, and the one is
@@ -26,7 +29,7 @@ from app.errors import InvalidInputError
 from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
-from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule
+from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule, Tuning
 from dp_core.pate import PateMechanism as PateQueries
 from dp_core.pate import pate_mechanism
 from dp_core.rdp.compose import compute_rdp
@@ -169,7 +172,50 @@ class ReleaseSpec:
         return UnitCosts.uniform(cost_up(_rdp(self.release, orders)), 1)
 
 
-ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec
+@dataclass(frozen=True)
+class TuningSpec:
+    """Hyperparameter tuning: a random number of DP-SGD runs bounded by ``base``; one unit.
+
+    Papernot & Steinke 2022 bound the whole job's RDP (their Thm. 2: truncated negative binomial;
+    Thm. 6: Poisson) by the base's RDP plus a penalty and log(E[K])/(lambda - 1); the bound holds
+    for the job as a whole, not repetition by repetition (the number of repetitions is secret and
+    random), so the job is one unit of charge, admitted and charged up front.
+    """
+
+    base: RunSpec
+    candidates: int
+    distribution: str
+    eta: float
+    gamma: float
+    mu: float
+
+    @property
+    def units(self) -> int:
+        """One: the whole job."""
+        return 1
+
+    def mechanism(self, start: int, stop: int) -> Tuning | Composed:
+        """Return the tuning job for [0, 1), nothing for an empty range."""
+        if start >= stop:
+            return Composed(())
+        return Tuning(
+            base=self.base.mechanism(0, self.base.epochs),
+            distribution=self.distribution,
+            eta=self.eta,
+            gamma=self.gamma,
+            mu=self.mu,
+        )
+
+    def noise_levels(self) -> int:
+        """As the base run's (one per step of a decaying schedule)."""
+        return self.base.noise_levels()
+
+    def costs(self, orders: tuple[float, ...]) -> UnitCosts:
+        """Return the job's cost: the tuning RDP bound at each order, rounded up."""
+        return UnitCosts.uniform(cost_up(_rdp(self.mechanism(0, 1), orders)), 1)
+
+
+ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec | TuningSpec
 
 
 def unit_costs(spec: ChargeSpec, orders: tuple[float, ...], *, max_noise_levels: int) -> UnitCosts:

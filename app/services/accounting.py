@@ -24,6 +24,7 @@ from app.ledger.plans import (
     PateSpec,
     ReleaseSpec,
     RunSpec,
+    TuningSpec,
     unit_costs,
 )
 from app.ledger.quanta import FloatArray, Vec
@@ -41,6 +42,7 @@ from app.schemas import (
     NoiseMultiplierRead,
     NoiseMultiplierRequest,
     PateMechanism,
+    TuningMechanism,
 )
 from dp_core.calibration import max_steps_within_budget
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
@@ -175,6 +177,17 @@ def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) ->
     return result.epsilon if math.isfinite(result.epsilon) else None
 
 
+def epsilon_and_order_of_rdp(
+    *, orders: Sequence[float], rdp: FloatArray, delta: float
+) -> tuple[float | None, float | None]:
+    """Return the plain epsilon of an RDP curve and its order (None, None when unbounded)."""
+    with translated_dp_errors():
+        result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
+    if not math.isfinite(result.epsilon):
+        return None, None
+    return result.epsilon, result.order
+
+
 def charge_spec(mechanism: MechanismRequest) -> ChargeSpec:
     """Return the accounting view of a requested RDP mechanism (validated with dp_core)."""
     return _CHARGE_SPECS[mechanism.kind](mechanism)
@@ -216,6 +229,23 @@ def _gaussian_spec(mechanism: MechanismRequest) -> ChargeSpec:
     )
 
 
+def _tuning_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, TuningMechanism)
+    base = _dp_sgd_spec(mechanism.base)
+    assert isinstance(base, RunSpec)
+    spec = TuningSpec(
+        base=base,
+        candidates=mechanism.candidates,
+        distribution=mechanism.distribution,
+        eta=mechanism.eta,
+        gamma=mechanism.gamma,
+        mu=mechanism.mu,
+    )
+    with translated_dp_errors():
+        spec.mechanism(0, 1)
+    return spec
+
+
 def _no_rdp(mechanism: MechanismRequest) -> ChargeSpec:
     raise InvalidInputError(
         f"{mechanism.kind} has no RDP curve; it is charged to the approximate-DP sub-budget",
@@ -229,6 +259,7 @@ _CHARGE_SPECS: dict[str, Callable[[MechanismRequest], ChargeSpec]] = {
     "laplace_release": _laplace_spec,
     "gaussian_release": _gaussian_spec,
     "approx_dp_release": _no_rdp,
+    "tuning": _tuning_spec,
 }
 
 
@@ -237,6 +268,8 @@ def stored_mechanism(mechanism: MechanismRequest, spec: ChargeSpec | None) -> di
     stored = mechanism.model_dump(mode="json", exclude_none=False)
     if isinstance(spec, RunSpec):
         stored["steps_per_epoch"] = spec.steps_per_epoch
+    elif isinstance(spec, TuningSpec):
+        stored["base"]["steps_per_epoch"] = spec.base.steps_per_epoch
     elif isinstance(spec, PateSpec):
         stored["batch_size"] = spec.batch_size
     return stored
@@ -289,11 +322,36 @@ def compute_epsilon(
         )
     return EpsilonRead(
         epsilon=result.epsilon,
+        epsilon_rdp=result.epsilon,
+        epsilon_pld=_bounded_pld(body),
         epsilon_grid=result.epsilon_grid,
         order=result.order,
         delta=body.delta,
         steps=body.steps,
     )
+
+
+#: The most FFT points the accountant endpoint's PLD may use (about 0.3 s of CPU).
+PLD_MAX_FFT_POINTS = 1 << 23
+
+
+def _bounded_pld(body: EpsilonRequest) -> float | None:
+    """PLD epsilon on dp_core's default grid (as `dpledger epsilon`), or None beyond the bound."""
+    try:
+        result = dp_core.compute_epsilon_pld(
+            sample_rate=body.sample_rate,
+            noise_multiplier=body.noise_multiplier,
+            steps=body.steps,
+            delta=body.delta,
+            schedule=body.schedule,
+            decay_rate=body.decay_rate,
+            max_fft_points=PLD_MAX_FFT_POINTS,
+        )
+    except InvalidParameterError as error:
+        raise InvalidInputError(str(error), parameter=error.parameter) from error
+    except DpCoreError:  # beyond the work bound: the RDP epsilon stands alone
+        return None
+    return result.epsilon if math.isfinite(result.epsilon) else None
 
 
 def calibrate_noise_multiplier(

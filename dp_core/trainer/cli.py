@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from dp_core.trainer.budget_gate import RemoteGateFactory
+    from dp_core.trainer.tuning import TuneConfig, TuningLedger
 
 __all__ = ["register"]
 
@@ -218,6 +219,47 @@ def train(
             show_default=False,
         ),
     ] = None,
+    print_statement: Annotated[
+        bool | None,
+        typer.Option(
+            "--statement/--no-statement",
+            help="Print the run's privacy statement (RDP and PLD epsilon, once-per-epoch and "
+            "user level) on stderr at the end [default: when stderr is a terminal]; the JSON "
+            "summary always holds it under 'statement'.",
+            show_default=False,
+        ),
+    ] = None,
+    user_index: Annotated[
+        str | None,
+        typer.Option(
+            help="User-level DP-SGD: a file (.npy, or one integer per line) with the user id of "
+            "each training record in the loader's order; users are Poisson-sampled (--batch-size "
+            "counts users) and each user's summed gradient is clipped. Local runs only.",
+        ),
+    ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune/--no-tune",
+            help="Private hyperparameter tuning (Papernot & Steinke 2022): ONE job over the "
+            "--tune-lrs x --tune-noise grid is registered (and charged) before any candidate "
+            "trains; a random number of candidates train and the best (test accuracy) is "
+            "reported with the tuning cost included.",
+        ),
+    ] = False,
+    tune_lrs: Annotated[
+        str | None, typer.Option(help="Comma-separated learning rates [default: lr/2,lr,2lr].")
+    ] = None,
+    tune_noise: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated noise multipliers [default: sigma,1.5sigma]."),
+    ] = None,
+    tune_distribution: Annotated[
+        str, typer.Option(help="negative_binomial or poisson: the number of repetitions.")
+    ] = "negative_binomial",
+    tune_eta: Annotated[float, typer.Option(help="eta of the negative binomial.")] = 1.0,
+    tune_gamma: Annotated[float, typer.Option(help="gamma of the negative binomial.")] = 0.2,
+    tune_mu: Annotated[float, typer.Option(help="Mean of the Poisson distribution.")] = 5.0,
     distributed: Annotated[
         bool | None,
         typer.Option(
@@ -247,18 +289,99 @@ def train(
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
         distributed=distributed, run_name=run_name,
         max_records_per_individual=max_records_per_individual, class_weights=class_weights,
+        user_index=user_index,
     )  # fmt: skip
+    if tune:
+        grid = _tune_config(config, tune_lrs, tune_noise, tune_distribution,
+                            tune_eta, tune_gamma, tune_mu)  # fmt: skip
+        _tune(ctx, config, grid)
+        return
     main_rank = os.environ.get("RANK", "0") == "0"
     show = (_default_progress() if progress is None else progress) and main_rank
     summary = _train_with_progress(config, show, _remote_gate(ctx))
     if not str(summary["stop_reason"]).startswith("refused"):
         if main_rank:
             sys.stdout.write(json.dumps(summary) + "\n")
+            if sys.stderr.isatty() if print_statement is None else print_statement:
+                sys.stderr.write(str(summary["statement"]["text"]) + "\n")
         return
     if not main_rank:  # rank 0 alone reports; every rank exits with the same status
         raise SystemExit(int(ExitCode.REFUSED))
     sys.stdout.write(json.dumps(summary) + "\n")
     raise _refusal(summary)
+
+
+def _floats(name: str, text: str) -> tuple[float, ...]:
+    from dp_core.errors import InvalidParameterError
+
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InvalidParameterError(name, text, "must be comma-separated numbers") from None
+
+
+def _tune_config(
+    config: TrainConfig, lrs: str | None, noise: str | None, distribution: str,
+    eta: float, gamma: float, mu: float,
+) -> TuneConfig:  # fmt: skip
+    from dp_core.errors import InvalidParameterError
+    from dp_core.trainer.tuning import TuneConfig
+
+    sigma = config.noise_multiplier
+    if noise:
+        sigmas = _floats("tune_noise", noise)
+    elif sigma is not None:
+        sigmas = (sigma, 1.5 * sigma)
+    else:
+        raise InvalidParameterError("tune_noise", None, "give --tune-noise or --noise-multiplier")
+    return TuneConfig(
+        lrs=_floats("tune_lrs", lrs) if lrs else (config.lr / 2, config.lr, 2 * config.lr),
+        noise_multipliers=sigmas, distribution=distribution, eta=eta, gamma=gamma, mu=mu,
+    )  # fmt: skip
+
+
+def _tuning_ledger(ctx: typer.Context, config: TrainConfig) -> TuningLedger | None:
+    """The service's tuning ledger (--service), a local budget (--budget-epsilon), or none."""
+    from dp_core.errors import InvalidParameterError
+    from dp_core.trainer.tuning import LocalTuningLedger
+
+    if config.service is None:
+        budget = config.budget_epsilon
+        return None if budget is None else LocalTuningLedger(budget_epsilon=budget)
+    if not config.token or not config.dataset:
+        raise InvalidParameterError("service", config.service, "needs --token and --dataset too")
+    if config.budget_epsilon is not None:
+        raise InvalidParameterError(
+            "budget_epsilon", config.budget_epsilon, "is for local runs; the service holds it"
+        )
+    obj = ctx.obj
+    factory = obj.get("remote_tuning") if isinstance(obj, dict) else None
+    if not callable(factory):
+        raise InvalidParameterError("service", config.service, "needs the dpledger command")
+    ledger: TuningLedger = factory(base_url=config.service, token=config.token,
+                                   dataset=config.dataset)  # fmt: skip
+    return ledger
+
+
+def _tune(ctx: typer.Context, config: TrainConfig, grid: TuneConfig) -> None:
+    """Run ``train --tune``: refused up front (exit 3, nothing trained) or the best candidate."""
+    from dp_core.trainer.data import load_data
+    from dp_core.trainer.recipe import run_name, run_training
+    from dp_core.trainer.tuning import TuningRefused, check_tunable, run_tuning, tuning_plan
+
+    check_tunable(config)
+    data = load_data(config.data, seed=config.seed)
+    plan = tuning_plan(config, grid, num_examples=len(data.train), name=run_name(config))
+    ledger = _tuning_ledger(ctx, config)
+    try:
+        summary = run_tuning(config, grid, plan, ledger=ledger, train_one=run_training)
+    except TuningRefused as refusal:
+        epsilon, _ = plan.epsilon()
+        refused = {"run_name": plan.name, "stop_reason": str(refusal), "candidates_trained": 0,
+                   "epsilon": 0.0, "epsilon_planned": epsilon}  # fmt: skip
+        sys.stdout.write(json.dumps(refused) + "\n")
+        raise CommandError(str(refusal), exit_code=ExitCode.REFUSED) from None
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 def register(cli: typer.Typer) -> None:

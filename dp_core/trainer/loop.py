@@ -55,10 +55,16 @@ from dp_core.trainer.distributed import (
     sampling_seed,
     shard_indices,
 )
-from dp_core.trainer.guards import check_training_data
+from dp_core.trainer.guards import (
+    SMOTE_MESSAGE,
+    ResampledDataError,
+    check_training_data,
+    is_resampled,
+)
 from dp_core.trainer.noise import add_noise
 from dp_core.trainer.per_sample import LossFn, check_model_supported
 from dp_core.trainer.sampling import poisson_batch, split_physical, steps_per_epoch
+from dp_core.trainer.user_level import UserAccumulator, UserIndex, user_poisson_batch
 from dp_core.validation import non_negative_int, open_probability, positive_float
 
 __all__ = [
@@ -227,6 +233,7 @@ class DPTrainer:
         distributed: bool | None = None,
         dataset_is_shard: bool = False,
         max_records_per_individual: int | None = None,
+        user_index: Tensor | None = None,
     ) -> None:
         """Wrap a model and optimizer for DP-SGD (see the module docstring for an example).
 
@@ -263,10 +270,19 @@ class DPTrainer:
                 duplicate records are refused unless K is declared, and resampled (SMOTE) data
                 always (see :mod:`dp_core.trainer.guards`). ``epsilon`` stays per record: use
                 :func:`~dp_core.trainer.guards.group_epsilon` for the group of K.
+            user_index: One user id per record (shape ``[N]``): user-level DP-SGD (see
+                :mod:`dp_core.trainer.user_level`): users are Poisson-sampled, each sampled user's
+                summed gradient is clipped to C, and ``sample_rate``/``expected_batch_size``
+                count users; epsilon is then per user. Only for datasets whose unit is the user.
         """
         check_model_supported(model)
-        self.group_size = check_training_data(
-            dataset, max_records_per_individual=max_records_per_individual
+        self.users = None if user_index is None else self._user_index(dataset, user_index)
+        self.group_size = (
+            check_training_data(dataset, max_records_per_individual=max_records_per_individual)
+            if self.users is None
+            else self._check_user_level(
+                dataset, max_records_per_individual, num_microbatches, adaptive_clipping
+            )  # fmt: skip
         )
         self.model, self.optimizer, self.dataset, self.loss_fn = model, optimizer, dataset, loss_fn
         self.dist = detect_context(distributed)
@@ -277,7 +293,11 @@ class DPTrainer:
                 "is not supported with torch.distributed (a microbatch would span ranks)",
             )
         self.num_examples = self._partition(dataset_is_shard)
-        q = _resolve_sample_rate(self.num_examples, expected_batch_size, sample_rate)
+        if self.users is not None and self.dist is not None:
+            raise InvalidParameterError("user_index", "given", "is not supported distributed")
+        # The population sampled: users at the user level, else examples.
+        self.population = self.num_examples if self.users is None else self.users.num_users
+        q = _resolve_sample_rate(self.population, expected_batch_size, sample_rate)
         self.plan = RunPlan(
             sample_rate=q,
             steps_per_epoch=steps_per_epoch(q),
@@ -321,6 +341,37 @@ class DPTrainer:
         if self.dist is not None:
             self._join(self.dist)
 
+    @staticmethod
+    def _user_index(dataset: Dataset[Any], user_index: Tensor) -> UserIndex:
+        users = UserIndex(user_index)
+        if users.num_records != len(dataset):  # type: ignore[arg-type]
+            raise InvalidParameterError(
+                "user_index",
+                users.num_records,
+                f"needs one user id per record ({len(dataset)})",  # type: ignore[arg-type]
+            )
+        return users
+
+    @staticmethod
+    def _check_user_level(
+        dataset: Dataset[Any],
+        max_records_per_individual: int | None,
+        num_microbatches: int | None,
+        adaptive_clipping: AdaptiveClipping | None,
+    ) -> int:
+        """Refuse what user-level training does not combine with; the unit (K = 1) is the user.
+
+        A user's records may repeat: their summed gradient is clipped as one contribution.
+        """
+        if is_resampled(dataset):
+            raise ResampledDataError(SMOTE_MESSAGE)
+        for name, value in (("max_records_per_individual", max_records_per_individual),
+                            ("num_microbatches", num_microbatches),
+                            ("adaptive_clipping", adaptive_clipping)):  # fmt: skip
+            if value is not None:
+                raise InvalidParameterError(name, value, "is not supported with user_index")
+        return 1
+
     def _partition(self, dataset_is_shard: bool) -> int:
         """Set this rank's examples (``_shard``, ``_local_examples``); return the global N."""
         local = len(self.dataset)  # type: ignore[arg-type]
@@ -351,10 +402,12 @@ class DPTrainer:
     def _choose_engine(self, engine: str) -> str:
         if engine not in ENGINES:
             raise InvalidParameterError("engine", engine, f"must be one of {', '.join(ENGINES)}")
-        fast_ok = self.num_microbatches is None and supports(self.model)
+        fast_ok = self.num_microbatches is None and self.users is None and supports(self.model)
         if engine == "bookkeeping" and not fast_ok:
             raise InvalidParameterError(
-                "engine", engine, "needs Linear/Conv2d-only models and no microbatches; use 'func'"
+                "engine",
+                engine,
+                "needs Linear/Conv2d-only models, no microbatches, no user_index; use 'func'",
             )
         return (
             "bookkeeping"
@@ -369,7 +422,7 @@ class DPTrainer:
         """m: the expected number of clipped units per step (qN, or the number of microbatches)."""
         if self.num_microbatches is not None:
             return float(self.num_microbatches)
-        return self.plan.sample_rate * self.num_examples
+        return self.plan.sample_rate * self.population
 
     def _fetch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.dataset, TensorDataset):
@@ -383,6 +436,8 @@ class DPTrainer:
         chunks = split_physical(indices, self.max_physical_batch_size)
         if self.num_microbatches is not None:
             return self._clipped_microbatches(chunks)
+        if self.users is not None:
+            return self._clipped_users(chunks)
         total: list[Tensor] | None = None
         units = unclipped = correct = 0
         loss_sum = 0.0
@@ -398,6 +453,21 @@ class DPTrainer:
             loss_sum += part.loss_sum
             correct += part.correct
         return total, units, unclipped, loss_sum, correct
+
+    def _clipped_users(
+        self, chunks: list[Tensor]
+    ) -> tuple[list[Tensor] | None, int, int, float, int]:
+        """Per-user clipping: sum each sampled user's gradients, clip the sum to C."""
+        assert isinstance(self.engine, FuncEngine) and self.users is not None
+        acc = UserAccumulator(self.engine, self.users)
+        for chunk in chunks:
+            acc.add(*self._fetch(chunk), chunk)
+        part = acc.clipped_sum(self.clip)
+        if part is None:
+            return None, 0, 0, 0.0, 0
+        units = int(part.norms.numel())
+        unclipped = int((part.norms <= self.clip).sum())
+        return part.grads, units, unclipped, part.loss_sum, part.correct
 
     def _clipped_microbatches(
         self, chunks: list[Tensor]
@@ -487,7 +557,11 @@ class DPTrainer:
         first = epoch * self.plan.steps_per_epoch
         for step in range(first, first + self.plan.steps_per_epoch):
             # This rank's part of the Poisson sample: its own examples, each kept with rate q.
-            indices = poisson_batch(self._local_examples, self.plan.sample_rate, self.sampling_rng)
+            indices = (
+                poisson_batch(self._local_examples, self.plan.sample_rate, self.sampling_rng)
+                if self.users is None
+                else user_poisson_batch(self.users, self.plan.sample_rate, self.sampling_rng)
+            )
             yield LogicalBatch(step, indices if self._shard is None else self._shard[indices])
 
     def _ask_gate(self, ask: Callable[[BudgetGate], GateDecision]) -> GateDecision:
@@ -688,6 +762,7 @@ def make_private(
     distributed: bool | None = None,
     dataset_is_shard: bool = False,
     max_records_per_individual: int | None = None,
+    user_index: Tensor | None = None,
 ) -> DPTrainer:
     """Wrap ``model`` and ``optimizer`` for DP-SGD (Opacus' ``make_private`` shape).
 
@@ -718,4 +793,5 @@ def make_private(
         distributed=distributed,
         dataset_is_shard=dataset_is_shard,
         max_records_per_individual=max_records_per_individual,
+        user_index=user_index,
     )

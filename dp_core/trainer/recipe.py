@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from dp_core.trainer.guards import (
 )
 from dp_core.trainer.loop import DPTrainer, EpochStart, EpochStats, StepStats
 from dp_core.trainer.models import build_model
+from dp_core.trainer.run_statement import run_statement
 from dp_core.trainer.sampling import steps_per_epoch
 
 __all__ = [
@@ -86,6 +88,7 @@ class TrainConfig:
     max_records_per_individual: int | None = None
     class_weights: str | None = None
     run_name: str | None = None
+    user_index: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -226,6 +229,29 @@ def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
         )
 
 
+def _user_ids(config: TrainConfig, records: int) -> torch.Tensor | None:
+    """The user id of each training record (``--user-index``: .npy or one integer per line).
+
+    User-level training is local only for now: the ledger cannot yet check that a dataset's unit
+    is the user, and charging a user-level run to a dataset of examples would not be sound (one
+    record removed from a user changes that user's clipped sum by up to 2C).
+    """
+    if config.user_index is None:
+        return None
+    if config.service is not None:
+        raise InvalidParameterError(
+            "user_index", config.user_index,
+            "is for local runs until the ledger knows the dataset's privacy unit",
+        )  # fmt: skip
+    path = config.user_index
+    ids = np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    if ids.ndim != 1 or ids.shape[0] != records or not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidParameterError(
+            "user_index", path, f"needs one integer user id per training record ({records})"
+        )
+    return torch.from_numpy(ids.astype(np.int64))
+
+
 def run_name(config: TrainConfig) -> str:
     """The run's name in the ledger: as given; else a resumed checkpoint's; else a fresh one.
 
@@ -327,7 +353,9 @@ def _train(
         channels=data.channels,
     )
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
-    q = config.batch_size / len(data.train)
+    users = _user_ids(config, len(data.train))
+    population = len(data.train) if users is None else int(torch.unique(users).numel())
+    q = config.batch_size / population
     grouped = (config.max_records_per_individual or 1) > 1
     if grouped and config.service is not None:
         raise InvalidParameterError(
@@ -341,6 +369,7 @@ def _train(
         data.train,
         loss_fn=_loss(config, data.train.tensors[1], data.num_classes),
         max_records_per_individual=config.max_records_per_individual,
+        user_index=users,
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
         sample_rate=q,
@@ -371,6 +400,9 @@ def _train(
         delta=config.delta,
         group_size=trainer.group_size,
     )
+    statement = run_statement(
+        trainer.plan, result.epochs_completed, records_per_user=trainer.group_size
+    )
     return {
         "run_name": trainer.plan.name,
         "epochs_completed": result.epochs_completed,
@@ -378,7 +410,10 @@ def _train(
         "stop_reason": result.stop_reason,
         "epsilon": group if grouped and result.epochs_completed else result.epsilon,
         "epsilon_per_record": result.epsilon,
+        "epsilon_rdp": result.epsilon,
+        "epsilon_pld": statement["epsilon_pld"],
         "max_records_per_individual": trainer.group_size,
+        "privacy_unit": "example" if users is None else "user",
         "class_weights": config.class_weights,
         "delta": result.delta,
         "noise_multiplier": trainer.plan.schedule.noise_multiplier,
@@ -390,4 +425,5 @@ def _train(
         "test_loss": test_loss,
         "checkpoint_path": result.checkpoint_path,
         "world_size": 1 if trainer.dist is None else trainer.dist.world_size,
+        "statement": statement,
     }

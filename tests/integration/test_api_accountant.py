@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import dp_core
+from app.services import accounting
 from tests.integration.conftest import snapshot
 
 pytestmark = pytest.mark.anyio
@@ -20,6 +21,16 @@ async def test_epsilon_matches_the_facade(client):
     assert got["epsilon_grid"] == expected.epsilon_grid
     assert got["order"] == expected.order
     assert (got["delta"], got["steps"]) == (1e-5, 720)
+    # `epsilon` stays the RDP value, labelled again beside the PLD one (as `dpledger epsilon`).
+    assert got["epsilon_rdp"] == got["epsilon"]
+    assert got["epsilon_pld"] == dp_core.compute_epsilon_pld(**body).epsilon < got["epsilon_rdp"]
+
+
+async def test_epsilon_pld_beyond_the_work_bound_is_null(client, monkeypatch):
+    monkeypatch.setattr(accounting, "PLD_MAX_FFT_POINTS", 1000)  # any real composition is wider
+    body = {"sample_rate": 250 / 60000, "noise_multiplier": 1.3, "steps": 720, "delta": 1e-5}
+    got = (await client.post("/v1/accountant/epsilon", json=body)).json()
+    assert got["epsilon_pld"] is None and got["epsilon_rdp"] == got["epsilon"] > 0
 
 
 async def test_noise_multiplier_never_overshoots(client):

@@ -265,6 +265,10 @@ async def test_numbers_equal_the_budget_endpoint(client):
     assert _values(run_page, "epsilon_after")[-1] == budget["runs"][0]["epsilon_run"]
     curve = _chart(run_page, "run-chart")["datasets"]
     assert [len(series["data"]) for series in curve] == [12, 12]
+    statement = (await client.get(f"/v1/runs/{first['id']}/statement")).json()
+    assert _values(run_page, "epsilon_rdp") == [statement["dp_sgd"]["epsilon_rdp"]]
+    assert _values(run_page, "epsilon_pld") == [statement["dp_sgd"]["epsilon_pld"]]
+    assert _values(run_page, "statement_epsilon_spent") == [budget["epsilon_spent"]]
 
 
 async def test_history_replays_pay_as_you_go_runs(client):

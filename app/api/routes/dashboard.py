@@ -33,6 +33,7 @@ from app.api.deps import SESSION_COOKIE, PagePrincipalDep, SessionDep, SettingsD
 from app.api.routes.runs import RunId
 from app.errors import CrossSiteRequestError
 from app.services import dashboard, sessions
+from app.services import statement as run_statement
 
 _HERE = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = _HERE / "templates"
@@ -230,7 +231,9 @@ def get_run_page(
         return _to_login(request)
     detail = dashboard.get_run_detail(session, run_id, principal)
     chart = dashboard.run_chart(detail)
-    return _page(request, "run.html", {"principal": principal, "r": detail, "chart": chart})
+    statement = run_statement.page_statement(session, run_id, principal)
+    context = {"principal": principal, "r": detail, "chart": chart, "s": statement}
+    return _page(request, "run.html", context)
 
 
 @router.get("/")

@@ -16,8 +16,9 @@ from app.schemas import (
     ErrorBody,
     RunCreate,
     RunRead,
+    StatementRead,
 )
-from app.services import admission, charging
+from app.services import admission, charging, statement
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -70,6 +71,29 @@ def create_run(
 def get_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunRead:
     """Return one run."""
     return admission.get_run(session, run_id, principal)
+
+
+@router.get("/{run_id}/statement")
+def get_run_statement(
+    run_id: RunId,
+    session: SessionDep,
+    principal: PrincipalDep,
+    records_per_user: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=statement.MAX_RECORDS_PER_USER,
+            description="K: user-level epsilon for users with up to K records.",
+        ),
+    ] = 1,
+) -> StatementRead:
+    """Return the run's privacy statement: what was trained, its epsilons, the dataset's spend.
+
+    The run's own epsilon by RDP (naming the order) and by PLD for the units it charged, the
+    once-per-epoch guarantee, the user-level epsilon for K records, and the dataset's spent
+    epsilon across all runs (the filter's guarantee, as the budget endpoint reports it).
+    """
+    return statement.get_statement(session, run_id, principal, records_per_user=records_per_user)
 
 
 @router.post("/{run_id}/epochs", responses=_CONFLICT)

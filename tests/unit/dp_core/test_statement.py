@@ -6,11 +6,15 @@ import json
 import math
 
 import pytest
+from scipy import optimize, stats
 
 from dp_core import NoiseSchedule, compute_epsilon, compute_epsilon_pld
+from dp_core.group import compute_user_epsilon
 from dp_core.statement import (
     OPACUS_ORDERS,
     build_privacy_statement,
+    gaussian_delta,
+    gaussian_epsilon,
     render_privacy_statement,
     steps_per_epoch,
 )
@@ -36,11 +40,43 @@ def test_epoch_level_is_one_gaussian_per_epoch():
     # 3 epochs (the last one partial): 3 Gaussian mechanisms with sigma 1.1, no sampling.
     gaussian = compute_epsilon(sample_rate=1.0, noise_multiplier=1.1, steps=3, delta=1e-5)
     assert s.epoch_epsilon_rdp == pytest.approx(gaussian.epsilon, rel=1e-9)
-    exact = compute_epsilon_pld(
+    # The exact curve of one Gaussian with sigma 1.1 / sqrt(3): brentq on Balle & Wang's delta,
+    # and never above the PLD accountant's upper bound of the same mechanism.
+    exact = _brentq_gaussian_epsilon(1.1 / math.sqrt(3), 1e-5)
+    pld = compute_epsilon_pld(
         sample_rate=1.0, noise_multiplier=1.1 / math.sqrt(3), steps=1, delta=1e-5
     )
-    assert s.epoch_epsilon_pld == pytest.approx(exact.epsilon, rel=1e-9)
+    assert s.epoch_epsilon_pld == pytest.approx(exact, rel=1e-9)
+    assert exact <= s.epoch_epsilon_pld <= pld.epsilon
     assert s.epoch_epsilon_pld > s.epsilon_pld  # no amplification by sampling
+
+
+def _brentq_gaussian_epsilon(s: float, delta: float) -> float:
+    def excess(e: float) -> float:  # Balle & Wang 2018, Thm. 8, written out independently
+        return (
+            float(
+                stats.norm.cdf(1 / (2 * s) - e * s)
+                - math.exp(e) * stats.norm.cdf(-1 / (2 * s) - e * s)
+            )
+            - delta
+        )
+
+    return float(optimize.brentq(excess, 0.0, 200.0, xtol=1e-14))
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.8, 1.1, 3.0, 20.0])
+@pytest.mark.parametrize("delta", [1e-3, 1e-5, 1e-9])
+def test_gaussian_epsilon_is_the_exact_curve_rounded_up(sigma, delta):
+    epsilon = gaussian_epsilon(noise_multiplier=sigma, delta=delta)
+    assert gaussian_delta(noise_multiplier=sigma, epsilon=epsilon) <= delta  # toward privacy
+    reference = _brentq_gaussian_epsilon(sigma, delta) if epsilon > 0 else 0.0
+    assert epsilon == pytest.approx(reference, rel=1e-9, abs=1e-12)
+    assert epsilon >= reference - 1e-12
+
+
+def test_gaussian_epsilon_is_zero_when_delta_covers_the_whole_curve():
+    # delta(0) = 2 Phi(1/(2 sigma)) - 1 ~ 0.0040 at sigma = 100
+    assert gaussian_epsilon(noise_multiplier=100.0, delta=0.01) == 0.0
 
 
 def test_decaying_noise_uses_each_epochs_smallest_sigma():
@@ -78,3 +114,42 @@ def test_user_level_for_several_records():
 def test_steps_per_epoch_is_ceil_n_over_b():
     assert steps_per_epoch(256 / 60000) == 235
     assert steps_per_epoch(0.01) == 100
+
+
+def test_user_level_for_one_record_is_what_the_group_function_computes():
+    decay = NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=1e-3)
+    s = build_privacy_statement(sample_rate=0.02, steps=300, delta=1e-5, schedule=decay)
+    direct = compute_user_epsilon(
+        sample_rate=0.02, schedule=decay, steps=300, delta=1e-5, records_per_user=1
+    )
+    assert s.user == direct
+
+
+def test_user_level_is_monotone_in_records_per_user():
+    users = [
+        build_privacy_statement(
+            sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=k
+        ).user.epsilon
+        for k in (1, 2, 3, 4, 8)
+    ]
+    assert users == sorted(users) and users[0] < users[-1]
+
+
+def test_a_work_bound_coarsens_the_pld_grid_never_below_the_fine_value():
+    fine = build_privacy_statement(sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT)
+    bounded = build_privacy_statement(
+        sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, max_fft_points=20_000
+    )
+    assert bounded.epsilon_rdp == fine.epsilon_rdp  # RDP is untouched by the bound
+    assert fine.epsilon_pld <= bounded.epsilon_pld < fine.epsilon_rdp * 1.5
+
+
+def test_a_pld_beyond_the_work_bound_is_reported_as_not_computed():
+    s = build_privacy_statement(
+        sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=2,
+        max_fft_points=10,
+    )  # fmt: skip
+    assert math.isinf(s.epsilon_pld) and math.isinf(s.user.epsilon_pld)
+    assert s.user.epsilon == s.user.epsilon_rdp  # the RDP group bound stands alone
+    assert s.to_dict()["epsilon_pld"] is None
+    assert "not computed" in render_privacy_statement(s)

@@ -8,6 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import dp_core
 from dp_core.trainer.cli import register
 
 from .test_data import write_mnist
@@ -167,3 +168,20 @@ def test_target_epsilon_is_calibrated_and_never_overshot():
     summary = json.loads(result.stdout)
     assert summary["stop_reason"] == "completed" and summary["epochs_completed"] == 2
     assert summary["noise_multiplier"] > 0 and 1.9 < summary["epsilon"] <= 2.0
+
+
+def test_the_summary_holds_the_statement_and_prints_it_on_request():
+    result = _run("--epochs", "1", "--noise-multiplier", "1.0", "--threads", "1", "--statement")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    statement = summary["statement"]
+    expected = dp_core.build_privacy_statement(
+        sample_rate=summary["sample_rate"],
+        steps=summary["steps_per_epoch"],
+        delta=summary["delta"],
+        schedule=dp_core.NoiseSchedule(kind="constant", noise_multiplier=1.0),
+    )
+    assert statement["epsilon_pld"] == summary["epsilon_pld"] == expected.epsilon_pld
+    assert summary["epsilon_rdp"] == pytest.approx(expected.epsilon_rdp, rel=1e-6)
+    assert summary["epsilon_pld"] < summary["epsilon_rdp"] == summary["epsilon"]
+    assert result.stderr.strip() == statement["text"] == dp_core.render_privacy_statement(expected)

@@ -1,0 +1,174 @@
+"""The privacy statement of a run as the ledger holds it (``GET /v1/runs/{id}/statement``).
+
+Read only. The ledger's numbers (``epsilon_run``, ``epsilon_spent``) are read through the same
+functions as the run and budget endpoints, so they are equal; the DP-SGD numbers come from
+:func:`dp_core.statement.build_privacy_statement` for the steps the run charged, the pure function
+``dpledger statement`` prints, with a bound on the PLD's work (:data:`MAX_FFT_POINTS`) so that no
+request costs more than about a second of CPU.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.auth import Principal
+from app.db import read_transaction
+from app.errors import InvalidInputError
+from app.ledger import quanta
+from app.models import Dataset, Run
+from app.schemas import (
+    ApproxDpRelease,
+    DpSgdMechanism,
+    DpSgdStatementRead,
+    MechanismKind,
+    StatementRead,
+)
+from app.services.accounting import epsilon_and_order_of_rdp, translated_dp_errors
+from app.services.datasets import finite, headline
+from app.services.runs import (
+    api_status,
+    charged_units,
+    find_run,
+    run_costs,
+    run_epsilon,
+    run_mechanism,
+)
+from dp_core.schedules import NoiseSchedule
+from dp_core.statement import (
+    SHUFFLING_NOTE,
+    PrivacyStatement,
+    build_privacy_statement,
+    render_privacy_statement,
+)
+
+#: The most FFT points one PLD composition may use (about 0.3 s of CPU); beyond it the grid is
+#: coarsened, and beyond that the PLD epsilon is null (the RDP numbers stand alone).
+MAX_FFT_POINTS = 1 << 23
+#: The most records per user a statement computes group privacy for (the cost grows with K).
+MAX_RECORDS_PER_USER = 64
+#: The most DP-SGD steps a statement accounts (the RDP of a decaying schedule is per step).
+MAX_STATEMENT_STEPS = 10_000_000
+
+
+def get_statement(
+    session: Session, run_id: int, principal: Principal, *, records_per_user: int
+) -> StatementRead:
+    """Return the statement of one run (readable by whoever may read the run)."""
+    with read_transaction(session):
+        run, dataset = find_run(session, run_id)
+        principal.require_dataset_read(dataset.name)
+        charged = charged_units(session, [run.id]).get(run.id, 0)
+        return _statement(run, dataset, charged, records_per_user)
+
+
+def page_statement(session: Session, run_id: int, principal: Principal) -> StatementRead | None:
+    """The statement shown on the run's dashboard page (K = 1), None beyond the work bounds."""
+    try:
+        return get_statement(session, run_id, principal, records_per_user=1)
+    except InvalidInputError:
+        return None
+
+
+def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) -> StatementRead:
+    mechanism = run_mechanism(run)
+    dp_sgd = (
+        _dp_sgd_numbers(mechanism, charged, dataset.target_delta, records_per_user)
+        if isinstance(mechanism, DpSgdMechanism)
+        else None
+    )
+    epsilon_run = run_epsilon(run, dataset, charged)
+    order, planned = _ledger_order_and_plan(run, dataset, charged)
+    spent = finite(headline(dataset).spent)
+    read = StatementRead(
+        run_id=run.id,
+        run_name=run.name,
+        dataset=dataset.name,
+        kind=MechanismKind(mechanism.kind),
+        status=api_status(run, charged),
+        mechanism=mechanism.model_dump(mode="json"),
+        sampling="poisson" if dp_sgd is not None else None,
+        shuffling_note=SHUFFLING_NOTE if dp_sgd is not None else None,
+        delta=dataset.target_delta,
+        units_planned=run.epochs,
+        units_charged=charged,
+        epsilon_run=epsilon_run,
+        epsilon_run_order=order,
+        epsilon_run_planned=planned,
+        dp_sgd=None if dp_sgd is None else DpSgdStatementRead.model_validate(dp_sgd.to_dict()),
+        target_epsilon=dataset.target_epsilon,
+        epsilon_spent=spent,
+        text="",
+    )
+    read.text = _text(read, dp_sgd)
+    return read
+
+
+def _dp_sgd_numbers(
+    mechanism: DpSgdMechanism, charged: int, delta: float, records_per_user: int
+) -> PrivacyStatement:
+    if not 1 <= records_per_user <= MAX_RECORDS_PER_USER:
+        raise InvalidInputError(
+            f"records_per_user must be between 1 and {MAX_RECORDS_PER_USER}",
+            parameter="records_per_user",
+        )
+    assert mechanism.steps_per_epoch is not None  # stored with its default filled in
+    steps = mechanism.steps_per_epoch * charged
+    if steps > MAX_STATEMENT_STEPS:
+        raise InvalidInputError(
+            f"the run charged {steps} steps; a statement accounts at most {MAX_STATEMENT_STEPS}"
+            " (use `dpledger statement` offline)",
+            parameter="run_id",
+        )
+    noise = mechanism.noise
+    with translated_dp_errors():
+        return build_privacy_statement(
+            sample_rate=mechanism.sample_rate,
+            steps=steps,
+            delta=delta,
+            schedule=NoiseSchedule(
+                kind=noise.schedule,
+                noise_multiplier=noise.noise_multiplier,
+                decay_rate=noise.decay_rate,
+            ),
+            records_per_user=records_per_user,
+            max_fft_points=MAX_FFT_POINTS,
+        )
+
+
+def _ledger_order_and_plan(
+    run: Run, dataset: Dataset, charged: int
+) -> tuple[float | None, float | None]:
+    """The order of the run's own ledger epsilon, and the epsilon of its whole plan."""
+    if isinstance(run_mechanism(run), ApproxDpRelease):
+        return None, run_epsilon(run, dataset, 1)
+    orders = list(dataset.orders)
+    costs = run_costs(run, orders)
+    order = None
+    if charged > 0:
+        rdp = quanta.to_floats_up(costs.total(0, charged))
+        order = epsilon_and_order_of_rdp(orders=orders, rdp=rdp, delta=dataset.target_delta)[1]
+    planned_rdp = quanta.to_floats_up(costs.total(0, run.epochs))
+    planned = epsilon_and_order_of_rdp(orders=orders, rdp=planned_rdp, delta=dataset.target_delta)
+    return order, planned[0]
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "unbounded" if value is None else f"{value:.{digits}f}"
+
+
+def _text(read: StatementRead, dp_sgd: PrivacyStatement | None) -> str:
+    """The ledger's lines, then (DP-SGD) the statement of the charged steps."""
+    order = "" if read.epsilon_run_order is None else f" at Renyi order {read.epsilon_run_order:g}"
+    lines = [
+        f"Run {read.run_id} ({read.run_name!r}, {read.kind.value}, {read.status.value}) on dataset"
+        f" {read.dataset!r}: {read.units_charged} of {read.units_planned} units charged.",
+        f"The ledger's RDP epsilon of the charged units at delta = {read.delta:g}:"
+        f" {_number(read.epsilon_run)}{order} (the dataset's orders, costs rounded up); the whole"
+        f" plan: {_number(read.epsilon_run_planned)}.",
+        f"Dataset {read.dataset!r} has spent epsilon {_number(read.epsilon_spent)} of"
+        f" {read.target_epsilon:g} across all its runs (the RDP filter's guarantee under adaptive"
+        " choice of runs).",
+    ]
+    if dp_sgd is not None:
+        lines += ["", render_privacy_statement(dp_sgd)]
+    return "\n".join(lines)
