@@ -201,6 +201,15 @@ Sensitivity = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
 NoiseAmount = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
 
 
+#: K, the most records one individual holds (group privacy); 1 is example-level privacy.
+RecordsPerIndividual = Annotated[int, Field(ge=1, le=1024)]
+_GROUP_DESCRIPTION = (
+    "K: the most records one individual may hold. K > 1 is charged the group-privacy cost"
+    " (Mironov 2017, Prop. 2, K rounded up to a power of two 2^c: 3^c times the RDP at order"
+    " 2^c * alpha)."
+)
+
+
 class DpSgdMechanism(Request):
     """DP-SGD: Poisson sampling with ``sample_rate``, ``epochs`` planned, a noise schedule."""
 
@@ -212,6 +221,9 @@ class DpSgdMechanism(Request):
     epochs: PlannedEpochs
     noise: NoiseSpec
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    max_records_per_individual: RecordsPerIndividual = Field(
+        default=1, description=_GROUP_DESCRIPTION
+    )
 
 
 class PateMechanism(Request):
@@ -277,6 +289,9 @@ class RunCreate(Request):
     epochs: PlannedEpochs | None = None
     noise: NoiseSpec | None = None
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    max_records_per_individual: RecordsPerIndividual | None = Field(
+        default=None, description=_GROUP_DESCRIPTION + " Default 1."
+    )
     mechanism: MechanismSpec | None = None
     reservation: Reservation = Field(
         default=Reservation.plan,
@@ -312,10 +327,18 @@ class RunCreate(Request):
             epochs=self.epochs,
             noise=self.noise,
             max_grad_norm=self.max_grad_norm,
+            max_records_per_individual=self.max_records_per_individual or 1,
         )
 
 
-_DP_SGD_FIELDS = ("sample_rate", "steps_per_epoch", "epochs", "noise", "max_grad_norm")
+_DP_SGD_FIELDS = (
+    "sample_rate",
+    "steps_per_epoch",
+    "epochs",
+    "noise",
+    "max_grad_norm",
+    "max_records_per_individual",
+)
 
 
 class RunRead(BaseModel):
@@ -335,6 +358,10 @@ class RunRead(BaseModel):
     epochs: int
     noise: NoiseSpec | None
     max_grad_norm: float | None
+    max_records_per_individual: int | None = Field(
+        default=None,
+        description="DP-SGD: K, the group size the run is charged for (1 = per record).",
+    )
     reservation: Reservation
     status: RunStatus
     epochs_charged: int

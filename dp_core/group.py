@@ -40,6 +40,7 @@ __all__ = [
     "compute_user_epsilon",
     "group_exponent",
     "group_rdp",
+    "group_rdp_at_orders",
     "group_sample_rate",
 ]
 
@@ -89,7 +90,54 @@ def group_rdp(
     beta = np.asarray(orders, dtype=np.float64)
     if c > 0:
         beta = beta[beta >= 2.0]  # alpha = 2^c beta >= 2^(c+1)
-    return beta, 3.0**c * compute_rdp(mechanism, 2.0**c * beta)
+    return beta, group_rdp_at_orders(
+        mechanism=mechanism, orders=beta, records_per_user=records_per_user
+    )
+
+
+def group_rdp_at_orders(
+    *,
+    mechanism: object,
+    orders: FloatArray,
+    records_per_user: int,
+    max_order: float = math.inf,
+) -> FloatArray:
+    """RDP bound of ``mechanism`` for groups of K records at EVERY order of ``orders``.
+
+    The one definition of the group transform (Mironov 2017, "Renyi Differential Privacy",
+    Prop. 2): with c = ceil(log2 K) (K is rounded UP to the power of two 2^c, since a change of
+    K records is also a change of at most 2^c), an (alpha, eps)-RDP mechanism is
+    (alpha / 2^c, 3^c eps)-RDP for groups whenever alpha >= 2^(c+1). The bound AT a group
+    order beta therefore reads the mechanism's curve at alpha = 2^c beta:
+
+        RDP_K(beta) <= 3^c RDP(2^c beta)                  for beta >= 2,
+        RDP_K(beta) <= RDP_K(2) <= 3^c RDP(2^(c+1))       for 1 < beta < 2,
+
+    the second line because the Renyi divergence is non-decreasing in its order (van Erven &
+    Harremoes 2014, "Renyi divergence and Kullback-Leibler divergence", Theorem 3), applied to
+    the group neighbours' output distributions. K = 1 (c = 0) is the curve itself.
+
+    Args:
+        mechanism: A dp_core mechanism (anything :func:`dp_core.rdp.compose.compute_rdp` takes).
+        orders: The group orders beta > 1 at which a bound is wanted.
+        records_per_user: K >= 1.
+        max_order: Orders 2^c max(beta, 2) above this are not evaluated; their bound is +inf
+            (trivially sound; it bounds the evaluation's cost).
+
+    Returns:
+        One bound per order of ``orders`` (same shape).
+    """
+    c = group_exponent(records_per_user)
+    beta = np.asarray(orders, dtype=np.float64)
+    if c == 0:
+        return np.asarray(compute_rdp(mechanism, beta), dtype=np.float64)
+    # 2^c * x is exact in floating point (a power-of-two scaling), so no order is rounded down.
+    alpha = 2.0**c * np.maximum(beta, 2.0)
+    result = np.full(beta.shape, np.inf)
+    inside = alpha <= max_order
+    if np.any(inside):
+        result[inside] = 3.0**c * np.asarray(compute_rdp(mechanism, alpha[inside]))
+    return result
 
 
 def group_sample_rate(*, sample_rate: float, records_per_user: int) -> float:

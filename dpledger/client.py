@@ -156,6 +156,7 @@ class RunRead(_Result):
     epochs_charged: int
     created_at: datetime
     epsilon_run: float | None = None
+    max_records_per_individual: int | None = None
 
 
 class AdmissionPreview(_Result):
@@ -306,9 +307,10 @@ class DpSgd:
     schedule: str = "constant"
     decay_rate: float = 0.0
     max_grad_norm: float | None = None
+    max_records_per_individual: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        """Return the ``mechanism`` object of ``POST /v1/runs``."""
+        """Return the ``mechanism`` object of ``POST /v1/runs`` (K sent only when K > 1)."""
         body: dict[str, Any] = {
             "kind": "dp_sgd",
             "sample_rate": self.sample_rate,
@@ -323,6 +325,8 @@ class DpSgd:
             body["steps_per_epoch"] = self.steps_per_epoch
         if self.max_grad_norm is not None:
             body["max_grad_norm"] = self.max_grad_norm
+        if self.max_records_per_individual != 1:
+            body["max_records_per_individual"] = self.max_records_per_individual
         return body
 
 

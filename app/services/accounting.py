@@ -38,6 +38,7 @@ from app.schemas import (
 from dp_core.calibration import max_steps_within_budget
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
 from dp_core.epochs import steps_per_epoch
+from dp_core.group import group_exponent
 from dp_core.errors import (
     CalibrationError,
     DpCoreError,
@@ -123,8 +124,12 @@ def make_run_spec(
     schedule: str,
     noise_multiplier: float,
     decay_rate: float,
+    max_records_per_individual: int = 1,
 ) -> RunSpec:
-    """Validate a run's mechanism with dp_core (the whole plan, so no later epoch can fail)."""
+    """Validate a run's mechanism with dp_core (the whole plan, so no later epoch can fail).
+
+    ``max_records_per_individual`` K > 1 makes every epoch cost its group RDP (see RunSpec).
+    """
     steps = default_steps_per_epoch(sample_rate) if steps_per_epoch is None else steps_per_epoch
     if steps * epochs > MAX_TOTAL_STEPS:
         raise InvalidInputError(
@@ -135,7 +140,8 @@ def make_run_spec(
         noise = NoiseSchedule(
             kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
         )
-        spec = RunSpec(sample_rate, steps, epochs, noise)
+        group_exponent(max_records_per_individual)  # validates K >= 1
+        spec = RunSpec(sample_rate, steps, epochs, noise, max_records_per_individual)
         spec.mechanism(0, epochs)
     return spec
 
@@ -182,6 +188,7 @@ def _dp_sgd_spec(mechanism: MechanismRequest) -> ChargeSpec:
         schedule=mechanism.noise.schedule,
         noise_multiplier=mechanism.noise.noise_multiplier,
         decay_rate=mechanism.noise.decay_rate,
+        max_records_per_individual=mechanism.max_records_per_individual,
     )
 
 
