@@ -579,6 +579,91 @@ class NoiseMultiplierRead(BaseModel):
     epsilon: float
 
 
+# --- audits ---------------------------------------------------------------------------------
+
+AuditEpsilon = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Fraction01 = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+AuditCount = Annotated[int, Field(ge=0, le=100_000_000)]
+FprKey = Annotated[str, Field(pattern=r"^[0-9][0-9.e-]{0,15}$")]
+
+
+class MembershipInference(Request):
+    """A loss-threshold membership-inference attack on the trained model (train vs held out)."""
+
+    attack: Literal["loss_threshold"] = "loss_threshold"
+    auc: Fraction01
+    tpr_at_fpr: Annotated[dict[FprKey, Fraction01], Field(max_length=16)] = Field(
+        default_factory=dict, description='True-positive rate at each false-positive rate ("0.01").'
+    )
+    members: AuditCount
+    non_members: AuditCount
+
+
+class AuditCreate(Request):
+    """The result of a one-run audit (Steinke, Nasr & Jagielski 2023), as ``dpledger audit`` prints it.
+
+    The service stores it with the run; it never changes the budget. A lower bound above the
+    theoretical epsilon is stored as reported (it means the run did not execute what it declared)
+    and flagged by ``AuditRead.exceeds_theoretical``.
+    """
+
+    epsilon_theoretical: AuditEpsilon | None = Field(
+        description="The run's epsilon as accounted (null: a non-private control run)."
+    )
+    epsilon_lower_bound: AuditEpsilon
+    confidence: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+    canaries: Annotated[int, Field(ge=1, le=100_000_000)]
+    canaries_included: AuditCount
+    guesses: AuditCount
+    correct_guesses: AuditCount
+    canary_kind: Literal["gradient", "input"]
+    noise_multiplier: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+    test_accuracy: Fraction01 | None = None
+    membership_inference: MembershipInference | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent_counts(self) -> AuditCreate:
+        if self.canaries_included > self.canaries:
+            raise ValueError("canaries_included must be <= canaries")
+        if not self.correct_guesses <= self.guesses <= self.canaries:
+            raise ValueError("need correct_guesses <= guesses <= canaries")
+        return self
+
+
+class AuditRead(BaseModel):
+    """A stored audit of a run."""
+
+    id: int
+    run_id: int
+    epsilon_theoretical: float | None
+    epsilon_lower_bound: float
+    exceeds_theoretical: bool = Field(
+        description="The empirical lower bound is above the theoretical epsilon (a broken run)."
+    )
+    confidence: float
+    delta: float | None
+    canaries: int
+    canaries_included: int
+    guesses: int
+    correct_guesses: int
+    canary_kind: str
+    noise_multiplier: float | None
+    test_accuracy: float | None
+    membership_inference: dict[str, Any] | None
+    seed: int | None
+    created_at: datetime
+    actor: str
+
+
+class AuditList(BaseModel):
+    """The audits of a run, oldest first."""
+
+    items: list[AuditRead]
+    total: int
+
+
 # --- tokens and health ----------------------------------------------------------------------
 
 
