@@ -152,3 +152,24 @@ def test_declared_group_is_charged_and_matches_the_trainers_epsilon(service):
     # and it is far above the per-record epsilon the trainer reports for the same run
     assert run.epsilon_run > 2 * result.epsilon
     assert np.isfinite(run.epsilon_run)
+
+
+def test_dpledger_train_sends_k_and_reports_the_ledgers_epsilon(service, tmp_path):
+    from tests.unit.trainer.test_guards import _write_mnist_with_copies
+
+    _write_mnist_with_copies(tmp_path, [(0, 1), (0, 2)])  # up to 3 copies: K = 3, charged as 4
+    group_orders = [float(a) / 4 for a in DEFAULT_ORDERS if a >= 8.0]
+    token = _dataset_and_token(service, "grouped-cli", target_epsilon=500.0, orders=group_orders)
+    args = ["train", "--no-progress", "--threads", "1", "--data", f"mnist:{tmp_path}",
+            "--epochs", "1", "--batch-size", "16", "--noise-multiplier", "2",
+            "--max-records-per-individual", "3", "--service", service.base_url,
+            "--token", token, "--dataset", "grouped-cli"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    (budget_run,) = service.get_budget("grouped-cli").runs
+    run = service.get_run(budget_run.id)
+    assert run.max_records_per_individual == 3
+    assert run.epsilon_run == pytest.approx(summary["epsilon"], rel=1e-5)
+    assert run.epsilon_run >= summary["epsilon"]
+    assert summary["epsilon"] > summary["epsilon_per_record"]
