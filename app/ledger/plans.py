@@ -29,10 +29,10 @@ from app.errors import InvalidInputError
 from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
+from dp_core.group import group_rdp_at_orders
 from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule
 from dp_core.pate import PateMechanism as PateQueries
 from dp_core.pate import pate_mechanism
-from dp_core.group import group_rdp_at_orders
 from dp_core.rdp.compose import compute_rdp
 from dp_core.schedules import NoiseSchedule
 

@@ -38,13 +38,13 @@ from app.schemas import (
 from dp_core.calibration import max_steps_within_budget
 from dp_core.conversion import rdp_capacity, rdp_to_epsilon
 from dp_core.epochs import steps_per_epoch
-from dp_core.group import group_exponent
 from dp_core.errors import (
     CalibrationError,
     DpCoreError,
     InvalidParameterError,
     UnsupportedMechanismError,
 )
+from dp_core.group import group_exponent
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import mechanism_for_gaussian_release, mechanism_for_laplace_release
 from dp_core.schedules import NoiseSchedule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -210,3 +211,23 @@ async def test_refused_run_takes_no_audit(client, database_url) -> None:
     response = await client.post(f"/v1/runs/{run_id}/audits", json=_audit())
     assert (response.status_code, response.json()["code"]) == (409, "conflict")
     assert _audit_rows(database_url) == 0
+
+
+async def test_run_page_shows_audits_and_group_size(client) -> None:
+    await make_dataset(client, target_epsilon=50.0)
+    run = (await client.post("/v1/runs", json=run_body(max_records_per_individual=2))).json()
+    empty = (await client.get(f"/dashboard/runs/{run['id']}")).text
+    assert "No audits of this run." in empty
+    assert 'data-field="max_records_per_individual">2<' in empty
+    first = (await client.post(f"/v1/runs/{run['id']}/audits", json=_audit())).json()
+    broken = (
+        await client.post(f"/v1/runs/{run['id']}/audits", json=_audit(epsilon_lower_bound=9.5))
+    ).json()
+    page = (await client.get(f"/dashboard/runs/{run['id']}")).text
+    rows = re.findall(r'<tr data-audit="(\d+)"( class="alert")?>', page)
+    assert rows == [(str(first["id"]), ""), (str(broken["id"]), ' class="alert"')]
+    assert re.findall(r'data-field="epsilon_lower_bound">([0-9.]+)', page) == ["0.4000", "9.5000"]
+    assert page.count("above theory") == 1
+    plain = (await client.post("/v1/runs", json=run_body(name="plain", epochs=1))).json()
+    other = (await client.get(f"/dashboard/runs/{plain['id']}")).text
+    assert "max_records_per_individual" not in other and "No audits of this run." in other
