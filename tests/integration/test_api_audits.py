@@ -231,3 +231,18 @@ async def test_run_page_shows_audits_and_group_size(client) -> None:
     plain = (await client.post("/v1/runs", json=run_body(name="plain", epochs=1))).json()
     other = (await client.get(f"/dashboard/runs/{plain['id']}")).text
     assert "max_records_per_individual" not in other and "No audits of this run." in other
+
+
+async def test_refusal_hint_accounts_for_the_group(client) -> None:
+    await make_dataset(client, target_epsilon=5.0)
+    body = run_body(epochs=2, max_records_per_individual=4)
+    refused = await client.post("/v1/runs", json=body)
+    assert refused.status_code == 409
+    sigma = refused.json()["noise_multiplier_that_fits"]
+    assert sigma is not None and sigma > 1.0
+    per_record = await client.post("/v1/runs?dry_run=true", json=run_body(epochs=2))
+    assert per_record.status_code == 200  # the same plan fits per record: the hint is K's
+    noise = {"schedule": "constant", "noise_multiplier": sigma, "decay_rate": 0.0}
+    admitted = await client.post("/v1/runs", json={**body, "name": "fits", "noise": noise})
+    assert admitted.status_code == 201, admitted.text
+    assert admitted.json()["max_records_per_individual"] == 4
