@@ -29,7 +29,7 @@ from app.errors import InvalidInputError
 from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
-from dp_core.group import group_rdp_at_orders
+from dp_core.group import group_exponent, group_rdp_at_orders
 from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule
 from dp_core.pate import PateMechanism as PateQueries
 from dp_core.pate import pate_mechanism
@@ -66,8 +66,14 @@ class RunSpec:
         )
 
     def noise_levels(self) -> int:
-        """How many per-step evaluations the plan's cost needs (1 for constant noise)."""
-        return 1 if self.schedule.is_constant else self.steps_per_epoch * self.epochs
+        """How many per-step evaluations the plan's cost needs (1 for constant noise).
+
+        A group of K <= 2^c records reads the curve at orders 2^c times higher, and an
+        evaluation's work grows with the order, so a grouped decaying plan counts 2^c per step.
+        """
+        if self.schedule.is_constant:
+            return 1
+        return self.steps_per_epoch * self.epochs * 2 ** group_exponent(self.group_size)
 
     def costs(self, orders: tuple[float, ...]) -> UnitCosts:
         """Return each epoch's cost (constant noise: one step's cost times the steps)."""
@@ -185,7 +191,8 @@ def unit_costs(spec: ChargeSpec, orders: tuple[float, ...], *, max_noise_levels:
     levels = spec.noise_levels()
     if levels > max_noise_levels:
         raise InvalidInputError(
-            f"a decaying noise schedule over {levels} steps exceeds the limit of"
+            f"a decaying noise schedule needing {levels} noise-level evaluations (one per step,"
+            " 2^c per step for groups of up to 2^c records) exceeds the limit of"
             f" {max_noise_levels} noise levels per run (setting DPLEDGER_MAX_NOISE_LEVELS);"
             " use fewer steps or a step schedule",
             parameter="noise",

@@ -127,3 +127,19 @@ def test_schema_bounds_k() -> None:
     for bad in (0, -1, 1025):
         with pytest.raises(ValueError, match="max_records_per_individual"):
             DpSgdMechanism.model_validate({**base, "max_records_per_individual": bad})
+
+
+def test_grouped_decaying_plans_count_their_larger_orders_against_the_limit() -> None:
+    from app.errors import InvalidInputError
+    from app.ledger.plans import unit_costs
+
+    schedule = NoiseSchedule(kind="exponential", noise_multiplier=3.0, decay_rate=0.001)
+    per_record = RunSpec(Q, 10, 2, schedule, 1)
+    grouped = RunSpec(Q, 10, 2, schedule, 3)  # c = 2: 4 evaluations' worth per step
+    assert (per_record.noise_levels(), grouped.noise_levels()) == (20, 80)
+    unit_costs(per_record, ORDERS, max_noise_levels=20)
+    with pytest.raises(InvalidInputError, match="80 noise-level evaluations"):
+        unit_costs(grouped, ORDERS, max_noise_levels=79)
+    assert unit_costs(grouped, ORDERS, max_noise_levels=80).units == 2
+    constant = RunSpec(Q, 10, 2, NoiseSchedule(kind="constant", noise_multiplier=1.0), 1024)
+    assert constant.noise_levels() == 1
