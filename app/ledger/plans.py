@@ -73,7 +73,8 @@ class RunSpec:
         """
         if self.schedule.is_constant:
             return 1
-        return self.steps_per_epoch * self.epochs * 2 ** group_exponent(self.group_size)
+        doublings: int = group_exponent(self.group_size)
+        return self.steps_per_epoch * self.epochs * (1 << doublings)
 
     def costs(self, orders: tuple[float, ...]) -> UnitCosts:
         """Return each epoch's cost (constant noise: one step's cost times the steps)."""
