@@ -211,6 +211,13 @@ def dataset_create(
     target_epsilon: Annotated[float, typer.Option(help="The dataset's total epsilon.")],
     target_delta: Annotated[float, typer.Option(help="The dataset's total delta, in (0, 1).")],
     description: Annotated[str, typer.Option(help="Free text.")] = "",
+    approx_dp_epsilon: Annotated[
+        float,
+        typer.Option(help="Part of the epsilon set aside for black-box (epsilon, delta) releases."),
+    ] = 0.0,
+    approx_dp_delta: Annotated[
+        float, typer.Option(help="Part of the delta set aside for black-box releases.")
+    ] = 0.0,
     as_json: AsJson = False,
 ) -> None:
     """Create a dataset with its budget (the default grid of orders, uniform weights)."""
@@ -223,6 +230,8 @@ def dataset_create(
             description=description,
             target_epsilon=target_epsilon,
             target_delta=target_delta,
+            approx_dp_epsilon=approx_dp_epsilon,
+            approx_dp_delta=approx_dp_delta,
         )
         with _session() as session:
             created = create_dataset(session, body, _cli_principal())

@@ -53,7 +53,9 @@ Text = Annotated[
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Epsilon = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 Delta = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-NoiseMultiplier = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+# Below 1e-3 the mechanism is not private in any useful sense, and the RDP series for such a
+# sigma only burns CPU before failing: refused at validation (dp_core calibrates in [1e-3, 1e5]).
+NoiseMultiplier = Annotated[float, Field(ge=1e-3, le=1e6, allow_inf_nan=False)]
 DecayRate = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 SampleRate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Steps = Annotated[int, Field(ge=0, le=100_000_000)]
@@ -115,7 +117,7 @@ class DatasetCreate(Request):
     """A new dataset with its budget and the admission filter's grid (fixed at creation)."""
 
     name: Slug
-    description: Annotated[str, Field(max_length=2000)] = ""
+    description: Text = ""
     target_epsilon: Epsilon
     target_delta: Delta
     orders: Annotated[list[Order], Field(min_length=1, max_length=256)] | None = Field(
@@ -281,7 +283,7 @@ class RunCreate(Request):
     """
 
     dataset: Slug
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Name
     sample_rate: RunSampleRate | None = None
     steps_per_epoch: StepsPerEpoch | None = Field(
         default=None, description="Default: ceil(1 / sample_rate)."
@@ -399,7 +401,7 @@ class BatchCharge(Request):
 
 
 class EpochChargeRead(BaseModel):
-    """The charge of one epoch or batch (a retry returns the same body)."""
+    """The charge of one DP-SGD epoch (a retry returns the same body)."""
 
     run_id: int
     epoch: int
@@ -407,6 +409,18 @@ class EpochChargeRead(BaseModel):
     created_at: datetime
     epsilon_run: float | None = Field(
         description="The run's own epsilon after this charge (as RunRead.epsilon_run)."
+    )
+
+
+class BatchChargeRead(BaseModel):
+    """The charge of one batch of PATE queries (a retry returns the same body)."""
+
+    run_id: int
+    batch: int
+    ledger_entry_id: int
+    created_at: datetime
+    epsilon_run: float | None = Field(
+        description="The job's own epsilon after this batch (as RunRead.epsilon_run)."
     )
 
 

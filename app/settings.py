@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.ledger.plans import DEFAULT_MAX_NOISE_LEVELS
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: A bootstrap token: at least 32 characters of the URL-safe alphabet (letters, digits, ``_``,
@@ -93,11 +95,13 @@ class Settings(BaseSettings):
     )
 
     max_noise_levels: int = Field(
-        default=100_000,
+        default=DEFAULT_MAX_NOISE_LEVELS,
         ge=1,
         description=(
-            "Most per-step noise levels one run's accounting may evaluate (a decaying schedule"
-            " has one per step); more is refused with 422. Constant noise always needs one."
+            "Most per-step noise levels one request's accounting may evaluate (a decaying"
+            " schedule has one per step; searches such as noise-multiplier calibration get half);"
+            " more is refused with 422 invalid_input. Constant noise always needs one. The"
+            " default keeps every request under about 1 s of CPU."
         ),
     )
 

@@ -1,10 +1,17 @@
-"""Ledger service throughput: epoch charges vs a no-op endpoint of the same server, same run.
+"""Ledger service speed: epoch charges vs a no-op endpoint of the same server, in the same run.
 
-Starts ``dpledger serve`` (one uvicorn worker) on PostgreSQL in a fresh schema, admits one run per
-client, then for ``--seconds`` each of ``--clients`` concurrent clients charges its run's epochs
-one after another (every charge: auth lookup, dataset row lock, ledger insert, commit). Then the
-same clients call ``GET /livez`` (no database) for as long. Prints requests/s and p50/p99 latency
-of both and their ratio. Client and server share the machine's cores.
+Starts ``dpledger serve`` (one uvicorn worker) on PostgreSQL in a fresh schema and measures, side
+by side:
+
+1. one client: sequential epoch charges vs sequential ``GET /livez`` (no database); goal: charge
+   p50 <= 3x the no-op p50 (issue 10);
+2. ``--clients`` concurrent clients, each charging its own run's epochs for ``--seconds``, then
+   the same clients on ``/livez``; goal: charge throughput >= 0.5x the no-op throughput;
+3. the worst requests the default limits allow (issue 11), each timed once: goal < 1 s.
+
+Every charge is one transaction (authenticate + lock + read the run in one statement, insert,
+update, commit). Client and server share the machine's cores. The load generator speaks raw
+async httpx on purpose (many concurrent requests); applications use dpledger.client.
 
 Usage: DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/dpledger_test \\
        .venv/bin/python bench/service.py [--clients 32] [--seconds 10]
@@ -28,9 +35,8 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.integration.conftest import ADMIN_TOKEN as TOKEN  # noqa: E402  (registered at start)
 from tests.integration.server import Server  # noqa: E402
-
-TOKEN = "dpl_test_admin_token"  # the token tests.integration.server registers at start
 
 
 async def _load(http: httpx.AsyncClient, requests: list[tuple[str, dict | None]], seconds: float):
@@ -58,6 +64,69 @@ def _report(label: str, rate: float, lat: np.ndarray) -> None:
     print(f"{label:22s} {rate:9.1f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   n={lat.size}")
 
 
+async def _sequential(http: httpx.AsyncClient, calls: list[tuple[str, dict | None]]) -> np.ndarray:
+    latencies = []
+    for path, body in calls:
+        start = time.perf_counter()
+        response = await (http.post(path, json=body) if body is not None else http.get(path))
+        latencies.append(time.perf_counter() - start)
+        assert response.status_code == 200, response.text
+    return np.array(latencies)
+
+
+async def _single_client(http: httpx.AsyncClient, run_id: int, count: int) -> None:
+    charges = [(f"/v1/runs/{run_id}/epochs", {"epoch": e}) for e in range(count)]
+    noop = [("/livez", None)] * count
+    await _sequential(http, noop[:50])  # warm up
+    charge_lat, noop_lat = await _sequential(http, charges), await _sequential(http, noop)
+    charge_p50, noop_p50 = np.median(charge_lat) * 1e3, np.median(noop_lat) * 1e3
+    print(f"one client, {count} requests each")
+    print(f"  charge p50 {charge_p50:.2f} ms, /livez p50 {noop_p50:.2f} ms")
+    print(f"  charge p50 / no-op p50 = {charge_p50 / noop_p50:.2f}   (goal <= 3)")
+
+
+WORST = {
+    "PATE 1e8 queries, batches of 1": (
+        "/v1/runs",
+        {"dataset": "bench", "name": "pate", "mechanism": {"kind": "pate", "aggregator": "gnmax",
+         "noise_multiplier": 1e4, "queries": 100_000_000, "batch_size": 1}},
+    ),
+    "decaying run at the noise-level limit": (
+        "/v1/runs",
+        {"dataset": "bench", "name": "decay", "sample_rate": 0.01, "steps_per_epoch": 10,
+         "epochs": 2_500, "noise": {"schedule": "exponential", "noise_multiplier": 5.0,
+                                     "decay_rate": 1e-7}},
+    ),
+    "epsilon, decaying, at the limit": (
+        "/v1/accountant/epsilon",
+        {"sample_rate": 0.01, "noise_multiplier": 1.0, "steps": 25_000, "delta": 1e-5,
+         "schedule": "exponential", "decay_rate": 1e-6},
+    ),
+    "noise-multiplier, decaying, at the limit": (
+        "/v1/accountant/noise-multiplier",
+        {"target_epsilon": 5.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 12_500,
+         "schedule": "exponential", "decay_rate": 1e-6},
+    ),
+    "max-steps, constant, huge noise": (
+        "/v1/accountant/max-steps",
+        {"target_epsilon": 1000.0, "delta": 1e-5, "sample_rate": 1e-6, "noise_multiplier": 1e6},
+    ),
+    "noise_multiplier 1e-300 (refused)": (
+        "/v1/accountant/epsilon",
+        {"sample_rate": 0.01, "noise_multiplier": 1e-300, "steps": 10, "delta": 1e-5},
+    ),
+}  # fmt: skip
+
+
+async def _worst_requests(http: httpx.AsyncClient) -> None:
+    print("worst requests the default limits allow (one each)")
+    for label, (path, body) in WORST.items():
+        start = time.perf_counter()
+        response = await http.post(path, json=body)
+        took = time.perf_counter() - start
+        print(f"  {label:42s} {response.status_code}  {took * 1e3:8.1f} ms   (goal < 1000 ms)")
+
+
 async def bench(base_url: str, clients: int, seconds: float) -> None:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -78,15 +147,21 @@ async def bench(base_url: str, clients: int, seconds: float) -> None:
             response = await http.post("/v1/runs", json=run)
             assert response.status_code == 201, response.text
             run_ids.append(response.json()["id"])
+        await _single_client(http, run_ids[0], 300)
         noop = [[("/livez", None)] * 10**7 for _ in range(clients)]
         await _load(http, [[("/livez", None)] * 20 for _ in range(clients)], 2.0)  # warm up
-        charges = [[(f"/v1/runs/{r}/epochs", {"epoch": e}) for e in range(10_000)] for r in run_ids]
+        charges = [
+            [(f"/v1/runs/{r}/epochs", {"epoch": e}) for e in range(300 if i == 0 else 0, 10_000)]
+            for i, r in enumerate(run_ids)
+        ]
         charge_rate, charge_lat = await _load(http, charges, seconds)
         noop_rate, noop_lat = await _load(http, noop, seconds)
-    print(f"{clients} concurrent clients, {seconds:g} s each, one uvicorn worker, PostgreSQL")
-    _report("POST /v1/runs/{id}/epochs", charge_rate, charge_lat)
-    _report("GET /livez (no-op)", noop_rate, noop_lat)
-    print(f"charge throughput / no-op throughput = {charge_rate / noop_rate:.2f}")
+        print(f"{clients} concurrent clients, {seconds:g} s each, one uvicorn worker, PostgreSQL")
+        _report("POST /v1/runs/{id}/epochs", charge_rate, charge_lat)
+        _report("GET /livez (no-op)", noop_rate, noop_lat)
+        ratio = charge_rate / noop_rate
+        print(f"charge throughput / no-op throughput = {ratio:.2f}   (goal >= 0.5)")
+        await _worst_requests(http)
 
 
 def main() -> None:

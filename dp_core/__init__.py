@@ -98,8 +98,11 @@ def compute_epsilon(
     schedule: str = "constant",
     decay_rate: float = 0.0,
     orders: object = None,
+    warn: bool = True,
 ) -> EpsilonReport:
     """Epsilon of ``steps`` DP-SGD steps at sampling rate q with the given noise schedule.
+
+    ``warn=False`` leaves the grid-edge warning to the report's ``at_grid_edge`` field.
 
     Returns:
         An :class:`EpsilonReport`: ``epsilon`` (refined over real orders), ``epsilon_grid`` (best
@@ -114,6 +117,7 @@ def compute_epsilon(
         steps=steps,
         delta=delta,
         orders=orders,
+        warn=warn,
     )
 
 

@@ -80,6 +80,7 @@ def calibrate_noise_multiplier(
     decay_rate: float = 0.0,
     orders: object = None,
     rtol: float = 1e-3,
+    warn: bool = True,
 ) -> NoiseCalibration:
     """Smallest noise multiplier (within ``rtol`` relative) whose epsilon is <= ``target_epsilon``.
 
@@ -111,7 +112,7 @@ def calibrate_noise_multiplier(
 
     lo, hi = _bracket_sigma(sufficient)
     best = _bisect_log(sufficient, lo, hi, rtol)
-    final = report(best, warn=True)
+    final = report(best, warn=warn)
     return NoiseCalibration(best, final.epsilon, final.order)
 
 
@@ -157,6 +158,7 @@ def max_steps_within_budget(
     decay_rate: float = 0.0,
     orders: object = None,
     limit: int = _STEPS_LIMIT,
+    warn: bool = True,
 ) -> StepsCalibration:
     """Largest number of steps T whose epsilon is <= ``target_epsilon`` (0 if even one step is over).
 
@@ -196,7 +198,7 @@ def max_steps_within_budget(
         hi = lo + step
     if hi > limit:
         if fits(limit):
-            final = report(limit, warn=True) if limit else None
+            final = report(limit, warn=warn) if limit else None
             return StepsCalibration(
                 limit, final.epsilon if final else 0.0, final.order if final else math.nan, True
             )
@@ -206,7 +208,7 @@ def max_steps_within_budget(
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     if lo == 0:
         return StepsCalibration(0, 0.0, math.nan, False)
-    final = report(lo, warn=True)
+    final = report(lo, warn=warn)
     return StepsCalibration(lo, final.epsilon, final.order, False)
 
 

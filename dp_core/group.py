@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
@@ -38,7 +39,9 @@ from dp_core.validation import non_negative_int, open_probability, probability
 __all__ = [
     "UserLevelEpsilon",
     "compute_user_epsilon",
+    "GroupOrders",
     "group_exponent",
+    "group_order_map",
     "group_rdp",
     "group_rdp_at_orders",
     "group_sample_rate",
@@ -127,17 +130,43 @@ def group_rdp_at_orders(
     Returns:
         One bound per order of ``orders`` (same shape).
     """
+    group = group_order_map(orders=orders, records_per_user=records_per_user, max_order=max_order)
+    result = np.full(group.orders.shape, np.inf)
+    if np.any(group.inside):
+        rdp = np.asarray(compute_rdp(mechanism, group.orders[group.inside]), dtype=np.float64)
+        result[group.inside] = group.factor * rdp
+    return result
+
+
+@dataclass(frozen=True)
+class GroupOrders:
+    """Where to read a mechanism's RDP curve for a group bound, and by how much to scale it.
+
+    Attributes:
+        orders: alpha = 2^c max(beta, 2) for each group order beta (beta itself for K = 1).
+        inside: Whether alpha is within the evaluation limit (elsewhere the bound is +inf).
+        factor: 3^c (1 for K = 1).
+    """
+
+    orders: FloatArray
+    inside: npt.NDArray[np.bool_]
+    factor: float
+
+
+def group_order_map(
+    *, orders: FloatArray, records_per_user: int, max_order: float = math.inf
+) -> GroupOrders:
+    """Map group orders beta to the mechanism's orders of :func:`group_rdp_at_orders`' bound.
+
+    The group RDP at beta is at most ``factor * RDP(orders[i])`` (Mironov 2017, Prop. 2, with
+    monotonicity in the order below beta = 2; see :func:`group_rdp_at_orders`), so callers that
+    evaluate RDP their own way (e.g. one matrix for many noise levels) apply the same transform.
+    """
     c = group_exponent(records_per_user)
     beta = np.asarray(orders, dtype=np.float64)
-    if c == 0:
-        return np.asarray(compute_rdp(mechanism, beta), dtype=np.float64)
     # 2^c * x is exact in floating point (a power-of-two scaling), so no order is rounded down.
-    alpha = 2.0**c * np.maximum(beta, 2.0)
-    result = np.full(beta.shape, np.inf)
-    inside = alpha <= max_order
-    if np.any(inside):
-        result[inside] = 3.0**c * np.asarray(compute_rdp(mechanism, alpha[inside]))
-    return result
+    alpha = beta.copy() if c == 0 else 2.0**c * np.maximum(beta, 2.0)
+    return GroupOrders(alpha, alpha <= max_order, 3.0**c)
 
 
 def group_sample_rate(*, sample_rate: float, records_per_user: int) -> float:

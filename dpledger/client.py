@@ -38,6 +38,7 @@ __all__ = [
     "ApproxDpRelease",
     "AuditList",
     "AuditRead",
+    "BatchChargeRead",
     "BudgetExceeded",
     "BudgetRead",
     "CalibrationFailed",
@@ -202,7 +203,7 @@ class AdmissionPreview(_Result):
 
 
 class EpochChargeRead(_Result):
-    """The charge of one epoch (or PATE batch); a retry returns the same charge.
+    """The charge of one DP-SGD epoch; a retry returns the same charge.
 
     ``epsilon_run`` is the run's own epsilon after the charge (as :attr:`RunRead.epsilon_run`;
     None when unbounded). The dataset's spent epsilon is :meth:`LedgerClient.get_budget`'s.
@@ -210,6 +211,16 @@ class EpochChargeRead(_Result):
 
     run_id: int
     epoch: int
+    ledger_entry_id: int
+    created_at: datetime
+    epsilon_run: float | None = None
+
+
+class BatchChargeRead(_Result):
+    """The charge of one PATE batch; a retry returns the same charge."""
+
+    run_id: int
+    batch: int
     ledger_entry_id: int
     created_at: datetime
     epsilon_run: float | None = None
@@ -956,10 +967,10 @@ class LedgerClient:
         path = f"/v1/runs/{run_id}/epochs"
         return self._call(EpochChargeRead, "POST", path, json={"epoch": epoch}, idempotent=True)
 
-    def charge_batch(self, run_id: int, batch: int) -> EpochChargeRead:
+    def charge_batch(self, run_id: int, batch: int) -> BatchChargeRead:
         """``POST /v1/runs/{id}/batches``: charge PATE batch ``batch`` before answering it."""
         path = f"/v1/runs/{run_id}/batches"
-        return self._call(EpochChargeRead, "POST", path, json={"batch": batch}, idempotent=True)
+        return self._call(BatchChargeRead, "POST", path, json={"batch": batch}, idempotent=True)
 
     def finish_run(self, run_id: int) -> RunRead:
         """``POST /v1/runs/{id}/finish``: release what the run reserved and never charged."""

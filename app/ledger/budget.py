@@ -47,9 +47,14 @@ class BudgetState:
 
     @classmethod
     def empty(cls, *, target_epsilon: float, capacity: Vec) -> BudgetState:
-        """Return the state of a new dataset: nothing spent, every order alive."""
+        """Return the state of a new dataset: nothing spent, every usable order alive.
+
+        An order whose capacity is negative can hold no cost at all (its conversion alone
+        exceeds eps_G), so it starts outside L; S(a) <= B(a) then holds at every alive order.
+        """
         zero = quanta.zeros(len(capacity))
-        return cls(target_epsilon, capacity, zero, zero, (True,) * len(capacity))
+        alive = tuple(b is not None and b >= 0 for b in capacity)
+        return cls(target_epsilon, capacity, zero, zero, alive)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,14 @@ from pydantic import TypeAdapter
 import dp_core
 from app.errors import CalibrationFailedError, InvalidInputError, UnsupportedError
 from app.ledger.costs import UnitCosts
-from app.ledger.plans import ChargeSpec, PateSpec, ReleaseSpec, RunSpec, unit_costs
+from app.ledger.plans import (
+    DEFAULT_MAX_NOISE_LEVELS,
+    ChargeSpec,
+    PateSpec,
+    ReleaseSpec,
+    RunSpec,
+    unit_costs,
+)
 from app.ledger.quanta import FloatArray, Vec
 from app.ledger.rounding import capacity_down
 from app.schemas import (
@@ -253,8 +260,30 @@ _MECHANISM_ADAPTER: TypeAdapter[MechanismRequest] = TypeAdapter(MechanismSpec)
 # --- the stateless accountant (``/v1/accountant/*``, same answers as the CLI) ----------------
 
 
-def compute_epsilon(body: EpsilonRequest) -> EpsilonRead:
+def check_noise_levels(
+    *, schedule: str, decay_rate: float, steps: int, limit: int, what: str
+) -> None:
+    """Refuse a decaying schedule over more steps than ``limit`` (bounded work per request)."""
+    constant = schedule == "constant" or decay_rate == 0.0
+    if not constant and steps > limit:
+        raise InvalidInputError(
+            f"{what} with a decaying noise schedule may cover at most {limit} steps"
+            f" (setting DPLEDGER_MAX_NOISE_LEVELS); {steps} requested",
+            parameter="steps",
+        )
+
+
+def compute_epsilon(
+    body: EpsilonRequest, *, max_noise_levels: int = DEFAULT_MAX_NOISE_LEVELS
+) -> EpsilonRead:
     """Return the epsilon of ``steps`` DP-SGD steps (dp_core's facade)."""
+    check_noise_levels(
+        schedule=body.schedule,
+        decay_rate=body.decay_rate,
+        steps=body.steps,
+        limit=max_noise_levels,
+        what="an epsilon",
+    )
     with translated_dp_errors():
         result = dp_core.compute_epsilon(
             sample_rate=body.sample_rate,
@@ -263,6 +292,7 @@ def compute_epsilon(body: EpsilonRequest) -> EpsilonRead:
             delta=body.delta,
             schedule=body.schedule,
             decay_rate=body.decay_rate,
+            warn=False,
         )
     return EpsilonRead(
         epsilon=result.epsilon,
@@ -273,8 +303,17 @@ def compute_epsilon(body: EpsilonRequest) -> EpsilonRead:
     )
 
 
-def calibrate_noise_multiplier(body: NoiseMultiplierRequest) -> NoiseMultiplierRead:
+def calibrate_noise_multiplier(
+    body: NoiseMultiplierRequest, *, max_noise_levels: int = DEFAULT_MAX_NOISE_LEVELS
+) -> NoiseMultiplierRead:
     """Return the smallest noise multiplier meeting the target (never overshooting it)."""
+    check_noise_levels(
+        schedule=body.schedule,
+        decay_rate=body.decay_rate,
+        steps=body.steps,
+        limit=max_noise_levels // 2,
+        what="a calibration",
+    )
     with translated_dp_errors():
         result = dp_core.calibrate_noise_multiplier(
             target_epsilon=body.target_epsilon,
@@ -283,12 +322,21 @@ def calibrate_noise_multiplier(body: NoiseMultiplierRequest) -> NoiseMultiplierR
             steps=body.steps,
             schedule=body.schedule,
             decay_rate=body.decay_rate,
+            warn=False,
         )
     return NoiseMultiplierRead(noise_multiplier=result.noise_multiplier, epsilon=result.epsilon)
 
 
-def max_steps(body: MaxStepsRequest) -> MaxStepsRead:
-    """Return the most steps whose epsilon stays within the target (422 when not even one fits)."""
+def max_steps(
+    body: MaxStepsRequest, *, max_noise_levels: int = DEFAULT_MAX_NOISE_LEVELS
+) -> MaxStepsRead:
+    """Return the most steps whose epsilon stays within the target (422 when not even one fits).
+
+    With a decaying schedule the search stops at half the noise-level limit (the answer is
+    then "at least that many"); constant noise searches up to ``limit``.
+    """
+    constant = body.schedule == "constant" or body.decay_rate == 0.0
+    limit = body.limit if constant else min(body.limit, max_noise_levels // 2)
     with translated_dp_errors():
         result = max_steps_within_budget(
             target_epsilon=body.target_epsilon,
@@ -297,7 +345,8 @@ def max_steps(body: MaxStepsRequest) -> MaxStepsRead:
             noise_multiplier=body.noise_multiplier,
             schedule=body.schedule,
             decay_rate=body.decay_rate,
-            limit=body.limit,
+            limit=limit,
+            warn=False,
         )
     if result.steps == 0:
         raise InvalidInputError(

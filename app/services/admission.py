@@ -19,7 +19,7 @@ from app.errors import BudgetExceededError, ConflictError
 from app.ledger import transitions
 from app.ledger.budget import Admission, BudgetState
 from app.ledger.costs import UnitCosts
-from app.ledger.plans import ChargeSpec, ReleaseSpec
+from app.ledger.plans import DEFAULT_MAX_NOISE_LEVELS, ChargeSpec, ReleaseSpec
 from app.ledger.transitions import HoldMode, RunState, Transition
 from app.models import Dataset, Run
 from app.observability import AdmissionLog, FilterVerdict, observe_admission
@@ -114,7 +114,7 @@ def admit_run(
     principal: Principal,
     *,
     dry_run: bool,
-    max_noise_levels: int = 100_000,
+    max_noise_levels: int = DEFAULT_MAX_NOISE_LEVELS,
     idempotency_key: str | None = None,
 ) -> RunRead | AdmissionPreview:
     """Admit ``body`` (reserve, check or charge at once), or raise BudgetExceededError.

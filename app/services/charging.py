@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
-from sqlalchemy.sql.selectable import ScalarSelect
 
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_transaction
@@ -47,13 +46,30 @@ class _Locked:
     charged: int
 
 
-def _last_charge() -> ScalarSelect[int | None]:
+def _lock_statement(*, with_token: bool) -> Select[Any]:
+    """Build once: run + dataset (+ the caller's live token) + last charged unit, FOR UPDATE OF
+    datasets. Built at import, so a charge pays no statement construction."""
     charges = aliased(LedgerEntry)
-    return (
+    last = (
         select(func.max(charges.epoch))
         .where(charges.run_id == Run.id, charges.kind == EntryKind.charge.value)
         .scalar_subquery()
     )
+    query = select(Run, Dataset, last).join(Dataset, Run.dataset_id == Dataset.id)
+    if with_token:
+        query = query.add_columns(ApiToken).join(
+            ApiToken,
+            (ApiToken.token_hash == bindparam("token_hash")) & ApiToken.revoked_at.is_(None),
+        )
+    return (
+        query.where(Run.id == bindparam("run_id"))
+        .with_for_update(of=Dataset)
+        .execution_options(populate_existing=True)
+    )
+
+
+_LOCK_WITH_TOKEN = _lock_statement(with_token=True)
+_LOCK = _lock_statement(with_token=False)
 
 
 def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | None) -> _Locked:
@@ -64,16 +80,11 @@ def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | No
     """
     if caller is None or caller == "":
         authenticate(session, None)  # raises 401
-    columns = select(Run, Dataset, _last_charge()).join(Dataset, Run.dataset_id == Dataset.id)
     if isinstance(caller, str):
-        columns = columns.add_columns(ApiToken).join(
-            ApiToken, (ApiToken.token_hash == hash_token(caller)) & ApiToken.revoked_at.is_(None)
-        )
-    row = session.execute(
-        columns.where(Run.id == run_id)
-        .with_for_update(of=Dataset)
-        .execution_options(populate_existing=True)
-    ).first()
+        params = {"run_id": run_id, "token_hash": hash_token(caller)}
+        row = session.execute(_LOCK_WITH_TOKEN, params).first()
+    else:
+        row = session.execute(_LOCK, {"run_id": run_id}).first()
     if row is None:
         if isinstance(caller, str):
             authenticate(session, caller)  # 401 for an unknown token, else the run is missing

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import DatasetExistsError, InvalidInputError, NotFoundError
-from app.ledger import budget, quanta
+from app.ledger import budget
 from app.ledger.budget import BudgetState
 from app.ledger.rounding import subtract_down
 from app.models import Dataset
@@ -166,6 +166,13 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
     capacity = filter_capacity(
         orders=orders, weights=weights, target_epsilon=epsilon, target_delta=delta
     )
+    start = BudgetState.empty(target_epsilon=epsilon, capacity=capacity)
+    if not any(start.alive):
+        raise InvalidInputError(
+            f"target_epsilon {body.target_epsilon:g} is too small for target_delta"
+            f" {body.target_delta:g}: no order of the grid can hold any privacy cost",
+            parameter="target_epsilon",
+        )
     dataset = Dataset(
         name=body.name,
         description=body.description,
@@ -174,9 +181,9 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         orders=orders,
         weights=weights,
         capacity=capacity,
-        rdp_reserved=quanta.zeros(len(orders)),
-        rdp_committed=quanta.zeros(len(orders)),
-        alive=[True] * len(orders),
+        rdp_reserved=start.reserved,
+        rdp_committed=start.committed,
+        alive=list(start.alive),
         approx_epsilon=body.approx_dp_epsilon,
         approx_delta=body.approx_dp_delta,
         approx_epsilon_spent=0.0,

@@ -13,6 +13,7 @@ from app.schemas import (
     AuditList,
     AuditRead,
     BatchCharge,
+    BatchChargeRead,
     EpochCharge,
     EpochChargeRead,
     ErrorBody,
@@ -85,9 +86,16 @@ def charge_epoch(
 @router.post("/{run_id}/batches", responses=_CONFLICT)
 def charge_batch(
     run_id: RunId, body: BatchCharge, session: SessionDep, token: BearerTokenDep
-) -> EpochChargeRead:
+) -> BatchChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
-    return charging.charge_unit(session, run_id, body.batch, token)
+    charged = charging.charge_unit(session, run_id, body.batch, token)
+    return BatchChargeRead(
+        run_id=charged.run_id,
+        batch=charged.epoch,
+        ledger_entry_id=charged.ledger_entry_id,
+        created_at=charged.created_at,
+        epsilon_run=charged.epsilon_run,
+    )
 
 
 @router.post("/{run_id}/finish", responses=_CONFLICT)

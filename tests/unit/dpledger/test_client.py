@@ -122,7 +122,7 @@ def test_every_mechanism_form_is_admitted(ledger):
         ]
         runs = [admin.create_run(dataset="d", name="m", mechanism=m) for m in mechanisms]
         pate = runs[2]
-        assert admin.charge_batch(pate.id, 0).epoch == 0
+        assert admin.charge_batch(pate.id, 0).batch == 0
         budget = admin.get_budget("d")
     kinds = ["dp_sgd", "dp_sgd", "pate", "laplace_release", "gaussian_release", "approx_dp_release"]
     assert [r.kind for r in runs] == kinds
