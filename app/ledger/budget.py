@@ -115,7 +115,7 @@ def epsilon_reserved(state: BudgetState) -> float:
 def epsilon_remaining(state: BudgetState) -> float:
     """Return eps_G minus the filter epsilon of S, >= 0, rounded down: what may still be reserved."""
     held = _exact_epsilon(state, state.reserved)
-    if held is None:
+    if held is None or not any(state.alive):  # no order can admit anything any more
         return 0.0
     return max(0.0, _round_down(Fraction(state.target_epsilon) - held))
 

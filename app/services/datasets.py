@@ -167,12 +167,6 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         orders=orders, weights=weights, target_epsilon=epsilon, target_delta=delta
     )
     start = BudgetState.empty(target_epsilon=epsilon, capacity=capacity)
-    if not any(start.alive):
-        raise InvalidInputError(
-            f"target_epsilon {body.target_epsilon:g} is too small for target_delta"
-            f" {body.target_delta:g}: no order of the grid can hold any privacy cost",
-            parameter="target_epsilon",
-        )
     dataset = Dataset(
         name=body.name,
         description=body.description,

@@ -94,7 +94,7 @@ def noise_multiplier_that_fits(
         middle = math.sqrt(low * high)
         low, high = (low, middle) if fits(middle) else (middle, high)
     step = 10.0 ** (math.floor(math.log10(high)) - 2)  # three significant digits, rounded up
-    rounded = math.ceil(high / step) * step
+    rounded = float(f"{math.ceil(high / step) * step:.3g}")
     for _ in range(3):  # the product may land a hair low; more noise only fits better
         if fits(rounded):
             return rounded

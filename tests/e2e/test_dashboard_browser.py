@@ -160,10 +160,10 @@ def _check_dataset_page(page: Any, api: httpx.Client) -> None:
             run["epochs_charged"]
         )
         assert _value(page, f"{row} [data-field=epsilon_run]") == run["epsilon_run"]
-    headroom = page.locator("#orders [data-field=headroom]").evaluate_all(
+    share_used = page.locator("#orders [data-field=share_used]").evaluate_all(
         "cells => cells.map(c => c.dataset.value === 'null' ? null : Number(c.dataset.value))"
     )
-    assert headroom == [order["headroom"] for order in budget["orders"]]
+    assert share_used == [order["share_used"] for order in budget["orders"]]
     assert (
         page.locator("#description").inner_text() == "Handwritten digits, 60,000 training images."
     )

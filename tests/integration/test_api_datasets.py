@@ -57,5 +57,11 @@ async def test_empty_budget(client):
     assert budget["epsilon_remaining"] == 3.0
     assert budget["epsilon_non_adaptive"] == 0.0
     assert budget["runs"] == []
-    assert all(row["alive"] for row in budget["orders"])
+    # Orders whose capacity is negative can hold no cost: they start outside the alive set.
+    assert [row["alive"] for row in budget["orders"]] == [
+        row["capacity"] >= 0 for row in budget["orders"]
+    ]
     assert all(row["headroom"] == row["capacity"] for row in budget["orders"])
+    assert all(
+        row["share_used"] == (0.0 if row["capacity"] > 0 else None) for row in budget["orders"]
+    )

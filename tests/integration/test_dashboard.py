@@ -246,7 +246,7 @@ async def test_numbers_equal_the_budget_endpoint(client):
     assert _values(page, "epsilon_run") == [
         r["epsilon_run"] for r in budget["by_kind"] + budget["runs"]
     ]
-    assert _values(page, "headroom") == [o["headroom"] for o in budget["orders"]]
+    assert _values(page, "share_used") == [o["share_used"] for o in budget["orders"]]
 
     history = _chart(page, "spend-chart")["datasets"]
     assert len(history[0]["data"]) == 5
