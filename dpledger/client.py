@@ -341,7 +341,10 @@ class Health(_Result):
 
 @dataclass(frozen=True, kw_only=True)
 class DpSgd:
-    """DP-SGD: Poisson sampling at ``sample_rate``, ``epochs`` planned, a noise schedule."""
+    """DP-SGD: Poisson sampling at ``sample_rate``, ``epochs`` planned, a noise schedule.
+
+    ``max_records_per_individual`` K > 1 makes the ledger charge the group-privacy cost for K.
+    """
 
     sample_rate: float
     epochs: int
