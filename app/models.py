@@ -186,3 +186,30 @@ class DashboardSession(Base):
     token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RunAudit(Base):
+    """An empirical privacy audit of a run (one-run canary audit plus a membership-inference report).
+
+    Stored as reported by the auditor (``dpledger audit --service``); it never changes the budget.
+    """
+
+    __tablename__ = "run_audits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    epsilon_theoretical: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epsilon_lower_bound: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    canaries: Mapped[int] = mapped_column(Integer)
+    canaries_included: Mapped[int] = mapped_column(Integer)
+    guesses: Mapped[int] = mapped_column(Integer)
+    correct_guesses: Mapped[int] = mapped_column(Integer)
+    canary_kind: Mapped[str] = mapped_column(String(32))
+    noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    membership_inference: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    actor: Mapped[str] = mapped_column(String(128))

@@ -204,6 +204,15 @@ Sensitivity = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
 NoiseAmount = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
 
 
+#: K, the most records one individual holds (group privacy); 1 is example-level privacy.
+RecordsPerIndividual = Annotated[int, Field(ge=1, le=1024)]
+_GROUP_DESCRIPTION = (
+    "K: the most records one individual may hold. K > 1 is charged the group-privacy cost"
+    " (Mironov 2017, Prop. 2, K rounded up to a power of two 2^c: 3^c times the RDP at order"
+    " 2^c * alpha)."
+)
+
+
 class DpSgdMechanism(Request):
     """DP-SGD: Poisson sampling with ``sample_rate``, ``epochs`` planned, a noise schedule."""
 
@@ -215,6 +224,9 @@ class DpSgdMechanism(Request):
     epochs: PlannedEpochs
     noise: NoiseSpec
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    max_records_per_individual: RecordsPerIndividual = Field(
+        default=1, description=_GROUP_DESCRIPTION
+    )
 
 
 class PateMechanism(Request):
@@ -310,6 +322,9 @@ class RunCreate(Request):
     epochs: PlannedEpochs | None = None
     noise: NoiseSpec | None = None
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Informational.")
+    max_records_per_individual: RecordsPerIndividual | None = Field(
+        default=None, description=_GROUP_DESCRIPTION + " Default 1."
+    )
     mechanism: MechanismSpec | None = None
     reservation: Reservation = Field(
         default=Reservation.plan,
@@ -345,10 +360,18 @@ class RunCreate(Request):
             epochs=self.epochs,
             noise=self.noise,
             max_grad_norm=self.max_grad_norm,
+            max_records_per_individual=self.max_records_per_individual or 1,
         )
 
 
-_DP_SGD_FIELDS = ("sample_rate", "steps_per_epoch", "epochs", "noise", "max_grad_norm")
+_DP_SGD_FIELDS = (
+    "sample_rate",
+    "steps_per_epoch",
+    "epochs",
+    "noise",
+    "max_grad_norm",
+    "max_records_per_individual",
+)
 
 
 class RunRead(BaseModel):
@@ -368,6 +391,10 @@ class RunRead(BaseModel):
     epochs: int
     noise: NoiseSpec | None
     max_grad_norm: float | None
+    max_records_per_individual: int | None = Field(
+        default=None,
+        description="DP-SGD: K, the group size the run is charged for (1 = per record).",
+    )
     reservation: Reservation
     status: RunStatus
     epochs_charged: int
@@ -680,6 +707,91 @@ class NoiseMultiplierRead(BaseModel):
 
     noise_multiplier: float
     epsilon: float
+
+
+# --- audits ---------------------------------------------------------------------------------
+
+AuditEpsilon = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Fraction01 = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+AuditCount = Annotated[int, Field(ge=0, le=100_000_000)]
+FprKey = Annotated[str, Field(pattern=r"^[0-9][0-9.e-]{0,15}$")]
+
+
+class MembershipInference(Request):
+    """A loss-threshold membership-inference attack on the trained model (train vs held out)."""
+
+    attack: Literal["loss_threshold"] = "loss_threshold"
+    auc: Fraction01
+    tpr_at_fpr: Annotated[dict[FprKey, Fraction01], Field(max_length=16)] = Field(
+        default_factory=dict, description='True-positive rate at each false-positive rate ("0.01").'
+    )
+    members: AuditCount
+    non_members: AuditCount
+
+
+class AuditCreate(Request):
+    """The result of a one-run audit (Steinke, Nasr & Jagielski 2023), as ``dpledger audit`` prints it.
+
+    The service stores it with the run; it never changes the budget. A lower bound above the
+    theoretical epsilon is stored as reported (it means the run did not execute what it declared)
+    and flagged by ``AuditRead.exceeds_theoretical``.
+    """
+
+    epsilon_theoretical: AuditEpsilon | None = Field(
+        description="The run's epsilon as accounted (null: a non-private control run)."
+    )
+    epsilon_lower_bound: AuditEpsilon
+    confidence: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+    canaries: Annotated[int, Field(ge=1, le=100_000_000)]
+    canaries_included: AuditCount
+    guesses: AuditCount
+    correct_guesses: AuditCount
+    canary_kind: Literal["gradient", "input"]
+    noise_multiplier: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+    test_accuracy: Fraction01 | None = None
+    membership_inference: MembershipInference | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent_counts(self) -> AuditCreate:
+        if self.canaries_included > self.canaries:
+            raise ValueError("canaries_included must be <= canaries")
+        if not self.correct_guesses <= self.guesses <= self.canaries:
+            raise ValueError("need correct_guesses <= guesses <= canaries")
+        return self
+
+
+class AuditRead(BaseModel):
+    """A stored audit of a run."""
+
+    id: int
+    run_id: int
+    epsilon_theoretical: float | None
+    epsilon_lower_bound: float
+    exceeds_theoretical: bool = Field(
+        description="The empirical lower bound is above the theoretical epsilon (a broken run)."
+    )
+    confidence: float
+    delta: float | None
+    canaries: int
+    canaries_included: int
+    guesses: int
+    correct_guesses: int
+    canary_kind: str
+    noise_multiplier: float | None
+    test_accuracy: float | None
+    membership_inference: dict[str, Any] | None
+    seed: int | None
+    created_at: datetime
+    actor: str
+
+
+class AuditList(BaseModel):
+    """The audits of a run, oldest first."""
+
+    items: list[AuditRead]
+    total: int
 
 
 # --- tokens and health ----------------------------------------------------------------------

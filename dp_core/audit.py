@@ -26,6 +26,7 @@ import numpy.typing as npt
 from scipy import stats
 
 from dp_core.errors import InvalidParameterError
+from dp_core.group import group_exponent
 from dp_core.validation import finite_float, non_negative_int, probability
 
 __all__ = [
@@ -303,7 +304,7 @@ def group_privacy_rdp(*, orders: object, rdp: object, group_size: int) -> GroupR
     e = np.asarray(rdp, dtype=np.float64)
     if a.shape != e.shape or a.ndim != 1:
         raise InvalidParameterError("rdp", e.shape, f"must be 1-D and match orders {a.shape}")
-    c = math.ceil(math.log2(k)) if k > 1 else 0
+    c = group_exponent(k)  # the one rounding of K up to 2^c (dp_core.group)
     if c == 0:
         return GroupRdp(a.copy(), e.copy(), k, 0)
     keep = a >= 2.0 ** (c + 1)

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
@@ -38,8 +39,11 @@ from dp_core.validation import non_negative_int, open_probability, probability
 __all__ = [
     "UserLevelEpsilon",
     "compute_user_epsilon",
+    "GroupOrders",
     "group_exponent",
+    "group_order_map",
     "group_rdp",
+    "group_rdp_at_orders",
     "group_sample_rate",
 ]
 
@@ -89,7 +93,80 @@ def group_rdp(
     beta = np.asarray(orders, dtype=np.float64)
     if c > 0:
         beta = beta[beta >= 2.0]  # alpha = 2^c beta >= 2^(c+1)
-    return beta, 3.0**c * compute_rdp(mechanism, 2.0**c * beta)
+    return beta, group_rdp_at_orders(
+        mechanism=mechanism, orders=beta, records_per_user=records_per_user
+    )
+
+
+def group_rdp_at_orders(
+    *,
+    mechanism: object,
+    orders: FloatArray,
+    records_per_user: int,
+    max_order: float = math.inf,
+) -> FloatArray:
+    """RDP bound of ``mechanism`` for groups of K records at EVERY order of ``orders``.
+
+    The one definition of the group transform (Mironov 2017, "Renyi Differential Privacy",
+    Prop. 2): with c = ceil(log2 K) (K is rounded UP to the power of two 2^c, since a change of
+    K records is also a change of at most 2^c), an (alpha, eps)-RDP mechanism is
+    (alpha / 2^c, 3^c eps)-RDP for groups whenever alpha >= 2^(c+1). The bound AT a group
+    order beta therefore reads the mechanism's curve at alpha = 2^c beta:
+
+        RDP_K(beta) <= 3^c RDP(2^c beta)                  for beta >= 2,
+        RDP_K(beta) <= RDP_K(2) <= 3^c RDP(2^(c+1))       for 1 < beta < 2,
+
+    the second line because the Renyi divergence is non-decreasing in its order (van Erven &
+    Harremoes 2014, "Renyi divergence and Kullback-Leibler divergence", Theorem 3), applied to
+    the group neighbours' output distributions. K = 1 (c = 0) is the curve itself.
+
+    Args:
+        mechanism: A dp_core mechanism (anything :func:`dp_core.rdp.compose.compute_rdp` takes).
+        orders: The group orders beta > 1 at which a bound is wanted.
+        records_per_user: K >= 1.
+        max_order: Orders 2^c max(beta, 2) above this are not evaluated; their bound is +inf
+            (trivially sound; it bounds the evaluation's cost).
+
+    Returns:
+        One bound per order of ``orders`` (same shape).
+    """
+    group = group_order_map(orders=orders, records_per_user=records_per_user, max_order=max_order)
+    result = np.full(group.orders.shape, np.inf)
+    if np.any(group.inside):
+        rdp = np.asarray(compute_rdp(mechanism, group.orders[group.inside]), dtype=np.float64)
+        result[group.inside] = group.factor * rdp
+    return result
+
+
+@dataclass(frozen=True)
+class GroupOrders:
+    """Where to read a mechanism's RDP curve for a group bound, and by how much to scale it.
+
+    Attributes:
+        orders: alpha = 2^c max(beta, 2) for each group order beta (beta itself for K = 1).
+        inside: Whether alpha is within the evaluation limit (elsewhere the bound is +inf).
+        factor: 3^c (1 for K = 1).
+    """
+
+    orders: FloatArray
+    inside: npt.NDArray[np.bool_]
+    factor: float
+
+
+def group_order_map(
+    *, orders: FloatArray, records_per_user: int, max_order: float = math.inf
+) -> GroupOrders:
+    """Map group orders beta to the mechanism's orders of :func:`group_rdp_at_orders`' bound.
+
+    The group RDP at beta is at most ``factor * RDP(orders[i])`` (Mironov 2017, Prop. 2, with
+    monotonicity in the order below beta = 2; see :func:`group_rdp_at_orders`), so callers that
+    evaluate RDP their own way (e.g. one matrix for many noise levels) apply the same transform.
+    """
+    c = group_exponent(records_per_user)
+    beta = np.asarray(orders, dtype=np.float64)
+    # 2^c * x is exact in floating point (a power-of-two scaling), so no order is rounded down.
+    alpha = beta.copy() if c == 0 else 2.0**c * np.maximum(beta, 2.0)
+    return GroupOrders(alpha, alpha <= max_order, 3.0**c)
 
 
 def group_sample_rate(*, sample_rate: float, records_per_user: int) -> float:

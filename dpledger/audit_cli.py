@@ -2,17 +2,24 @@
 
 Trains once with m canaries (Steinke, Nasr & Jagielski 2023) and prints the run's theoretical
 epsilon beside the empirical lower bound, plus a loss-threshold membership-inference report.
-torch is imported only when the command runs.
+With ``--service URL --token T --dataset NAME`` the audit's training run is itself a DP-SGD run of
+the ledger (registered with its plan reserved, charged before every epoch: a refusal exits 3 with
+one stderr line and stores nothing), and the result is stored with the run
+(``POST /v1/runs/{id}/audits``). torch is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dp_core.errors import DpCoreError
+from dp_core.errors import DpCoreError, InvalidParameterError
+from dp_core.trainer.exit_codes import ExitCode, exit_code_of
+
+if TYPE_CHECKING:
+    from dp_core.trainer.audit import AuditConfig
 
 
 def _human(summary: dict[str, Any]) -> str:
@@ -68,8 +75,20 @@ def audit(
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of canaries, split, init, sampling, noise.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option(help="Ledger URL: charge the audit run there and store the result with it."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Trainer or admin token (with --service).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Ledger dataset (with --service).")] = None,
 ) -> None:
-    """Audit a DP-SGD run in one training run: theoretical epsilon vs empirical lower bound."""
+    """Audit a DP-SGD run in one training run: theoretical epsilon vs empirical lower bound.
+
+    Exit status: 0 done; 2 invalid input; 3 the ledger's budget refused the audit run; 1 the
+    ledger failed.
+    """
     try:
         from dp_core.trainer.audit import AuditConfig, run_audit
 
@@ -79,11 +98,51 @@ def audit(
             target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
             confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
         )  # fmt: skip
-        summary = run_audit(config).to_dict()
+        if service is None:
+            summary = run_audit(config).to_dict()
+        else:
+            summary = _audit_on_ledger(config, service=service, token=token, dataset=dataset)
     except DpCoreError as exc:
+        if exit_code_of(exc) is not ExitCode.USAGE:
+            raise  # ledger failures exit 1 through the root's one translation
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(summary) if as_json else _human(summary))
+
+
+def _audit_on_ledger(
+    config: AuditConfig, *, service: str, token: str | None, dataset: str | None
+) -> dict[str, Any]:
+    """Run the audit as a charged run of ``dataset`` and store its result with the run.
+
+    Raises:
+        CommandError: (exit 3) when the ledger refused the run or an epoch; nothing is stored.
+        dp_core.trainer.errors.LedgerError: when the ledger failed or refused the request.
+    """
+    from dp_core.trainer.audit import run_audit
+    from dp_core.trainer.errors import LedgerError as TrainerLedgerError
+    from dpledger.client import LedgerClient, LedgerError
+    from dpledger.gate import HttpBudgetGate
+
+    if not token or not dataset:
+        raise InvalidParameterError("service", service, "needs --token and --dataset too")
+    if not config.private:
+        raise InvalidParameterError(
+            "non_private", True, "a run without noise cannot be charged to a ledger"
+        )
+    with LedgerClient(service, token=token) as client:
+        gate = HttpBudgetGate(dataset=dataset, client=client)
+        summary = run_audit(config, gate=gate).to_dict()
+        assert gate.run_id is not None  # the run was admitted, or run_audit raised
+        try:
+            stored = client.add_audit(gate.run_id, {**summary, "seed": config.seed})
+        except LedgerError as error:
+            raise TrainerLedgerError(
+                f"storing the audit of run {gate.run_id} failed: {error}",
+                status=error.status,
+                service_code=error.code,
+            ) from error
+    return {**summary, "seed": config.seed, "run_id": gate.run_id, "audit_id": stored.id}
 
 
 def register(cli: typer.Typer) -> None:

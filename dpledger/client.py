@@ -36,6 +36,8 @@ __all__ = [
     "AdmissionPreview",
     "ApproxDpBudget",
     "ApproxDpRelease",
+    "AuditList",
+    "AuditRead",
     "BatchChargeRead",
     "BudgetExceeded",
     "BudgetRead",
@@ -161,6 +163,37 @@ class RunRead(_Result):
     epochs_charged: int
     created_at: datetime
     epsilon_run: float | None = None
+    max_records_per_individual: int | None = None
+
+
+class AuditRead(_Result):
+    """A stored empirical privacy audit of a run (``exceeds_theoretical``: a broken run)."""
+
+    id: int
+    run_id: int
+    epsilon_theoretical: float | None
+    epsilon_lower_bound: float
+    exceeds_theoretical: bool
+    confidence: float
+    delta: float | None
+    canaries: int
+    canaries_included: int
+    guesses: int
+    correct_guesses: int
+    canary_kind: str
+    noise_multiplier: float | None
+    test_accuracy: float | None
+    membership_inference: dict[str, Any] | None
+    seed: int | None
+    created_at: datetime
+    actor: str
+
+
+class AuditList(_Result):
+    """The audits of a run, oldest first."""
+
+    items: list[AuditRead]
+    total: int
 
 
 class AdmissionPreview(_Result):
@@ -369,7 +402,10 @@ class Health(_Result):
 
 @dataclass(frozen=True, kw_only=True)
 class DpSgd:
-    """DP-SGD: Poisson sampling at ``sample_rate``, ``epochs`` planned, a noise schedule."""
+    """DP-SGD: Poisson sampling at ``sample_rate``, ``epochs`` planned, a noise schedule.
+
+    ``max_records_per_individual`` K > 1 makes the ledger charge the group-privacy cost for K.
+    """
 
     sample_rate: float
     epochs: int
@@ -378,9 +414,10 @@ class DpSgd:
     schedule: str = "constant"
     decay_rate: float = 0.0
     max_grad_norm: float | None = None
+    max_records_per_individual: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        """Return the ``mechanism`` object of ``POST /v1/runs``."""
+        """Return the ``mechanism`` object of ``POST /v1/runs`` (K sent only when K > 1)."""
         body: dict[str, Any] = {
             "kind": "dp_sgd",
             "sample_rate": self.sample_rate,
@@ -395,6 +432,8 @@ class DpSgd:
             body["steps_per_epoch"] = self.steps_per_epoch
         if self.max_grad_norm is not None:
             body["max_grad_norm"] = self.max_grad_norm
+        if self.max_records_per_individual != 1:
+            body["max_records_per_individual"] = self.max_records_per_individual
         return body
 
 
@@ -1038,6 +1077,18 @@ class LedgerClient:
     def finish_run(self, run_id: int) -> RunRead:
         """``POST /v1/runs/{id}/finish``: release what the run reserved and never charged."""
         return self._call(RunRead, "POST", f"/v1/runs/{run_id}/finish", idempotent=True)
+
+    def add_audit(self, run_id: int, audit: Mapping[str, Any]) -> AuditRead:
+        """``POST /v1/runs/{id}/audits``: store an audit of the run (never retried: it adds a row).
+
+        ``audit`` is the JSON summary of ``dpledger audit --json`` (optionally with ``seed``).
+        """
+        path = f"/v1/runs/{run_id}/audits"
+        return self._call(AuditRead, "POST", path, json=dict(audit), idempotent=False)
+
+    def list_audits(self, run_id: int) -> AuditList:
+        """``GET /v1/runs/{id}/audits``: the run's audits, oldest first."""
+        return self._call(AuditList, "GET", f"/v1/runs/{run_id}/audits", idempotent=True)
 
     # -- stateless accountant ------------------------------------------------------------------
 

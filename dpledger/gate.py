@@ -54,6 +54,7 @@ def plan_mechanism(plan: RunPlan) -> DpSgd:
         schedule=plan.schedule.kind,
         decay_rate=plan.schedule.decay_rate,
         max_grad_norm=plan.max_grad_norm,
+        max_records_per_individual=plan.group_size,
     )
 
 

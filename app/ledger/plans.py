@@ -5,6 +5,9 @@ Three kinds of plans share one interface: ``units`` (how many charges), ``mechan
 :func:`unit_costs` (each unit's RDP cost, rounded toward privacy).
 
 * :class:`RunSpec`: DP-SGD with Poisson sampling; a unit is an epoch of ``steps_per_epoch`` steps.
+  With ``group_size`` K > 1 (individuals with up to K records) each epoch costs its group RDP
+  (:func:`dp_core.group.group_order_map`, Mironov 2017, Prop. 2); the stored ledger entry's
+  mechanism stays the per-record one, the run's stored mechanism carries K.
 * :class:`PateSpec`: PATE noisy-max answers; a unit is a batch of ``batch_size`` queries (the last
   may be smaller).
 * :class:`ReleaseSpec`: one Laplace or Gaussian release; a single unit.
@@ -20,6 +23,7 @@ evaluation per epoch, bounded by ``max_noise_levels`` (its steps, each at its ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -29,6 +33,7 @@ from app.errors import InvalidInputError
 from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
+from dp_core.group import group_exponent, group_order_map
 from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule, Tuning
 from dp_core.pate import PateMechanism as PateQueries
 from dp_core.pate import pate_mechanism
@@ -53,6 +58,7 @@ class RunSpec:
     steps_per_epoch: int
     epochs: int
     schedule: NoiseSchedule
+    group_size: int = 1
 
     @property
     def units(self) -> int:
@@ -69,15 +75,49 @@ class RunSpec:
         )
 
     def noise_levels(self) -> int:
-        """How many per-step evaluations the plan's cost needs (1 for constant noise)."""
-        return 1 if self.schedule.is_constant else self.steps_per_epoch * self.epochs
+        """How many per-step evaluations the plan's cost needs (1 for constant noise).
+
+        A group of K <= 2^c records reads the curve at orders 2^c times higher, and an
+        evaluation's work grows with the order, so a grouped decaying plan counts 2^c per step.
+        """
+        if self.schedule.is_constant:
+            return 1
+        doublings: int = group_exponent(self.group_size)
+        return self.steps_per_epoch * self.epochs * (1 << doublings)
 
     def costs(self, orders: tuple[float, ...]) -> UnitCosts:
         """Return each epoch's cost (constant noise: one step's cost times the steps)."""
         if self.schedule.is_constant:
-            step = cost_up(_one_step(self, orders))
+            step = cost_up(self._for_group(orders, lambda a: _rdp(_one_step(self), a)))
             return UnitCosts.uniform(quanta.scale(step, self.steps_per_epoch), self.epochs)
-        return UnitCosts.from_units([cost_up(row) for row in self._epoch_rdp(orders)])
+        return UnitCosts.from_units(
+            [cost_up(row) for row in self._for_group(orders, self._epoch_rdp)]
+        )
+
+    def _for_group(
+        self, orders: tuple[float, ...], evaluate: Callable[[tuple[float, ...]], np.ndarray]
+    ) -> np.ndarray:
+        """Return ``evaluate(orders)`` for groups of ``group_size`` records (K = 1: as it is).
+
+        ``evaluate`` gives RDP values with the orders on the last axis. For K > 1 it is read at
+        the orders :func:`dp_core.group.group_order_map` names and scaled by 3^c (Mironov 2017,
+        Prop. 2); the transform is linear in the RDP, so applying it per step or per epoch and
+        adding is the transform of the whole run. Orders past ``MAX_GROUP_ORDER`` cost +inf.
+        """
+        if self.group_size == 1:
+            return evaluate(orders)
+        group = group_order_map(
+            orders=np.asarray(orders, dtype=np.float64),
+            records_per_user=self.group_size,
+            max_order=MAX_GROUP_ORDER,
+        )
+        inside = tuple(float(a) for a in group.orders[group.inside])
+        # With no order inside the limit, one cheap evaluation only gives the result's shape.
+        values = np.asarray(evaluate(inside or (2.0,)))
+        result = np.full((*values.shape[:-1], len(orders)), np.inf)
+        if inside:
+            result[..., group.inside] = group.factor * values
+        return result
 
     def _epoch_rdp(self, orders: tuple[float, ...]) -> np.ndarray:
         """Return each epoch's RDP: per-step values of the exact evaluator, summed per epoch.
@@ -98,11 +138,15 @@ class RunSpec:
         return np.add.reduceat(table[index.reshape(-1)], starts, axis=0)
 
 
-def _one_step(spec: RunSpec, orders: tuple[float, ...]) -> np.ndarray:
-    single = SampledGaussianSchedule(
+#: Orders 2^c beta above this are not evaluated for a group (their cost is +inf: that order of
+#: the dataset's filter is then out of reach for the run, never under-charged).
+MAX_GROUP_ORDER = 1e6
+
+
+def _one_step(spec: RunSpec) -> SampledGaussianSchedule:
+    return SampledGaussianSchedule(
         sample_rate=spec.sample_rate, schedule=spec.schedule, steps=1, start_step=0
     )
-    return _rdp(single, orders)
 
 
 @dataclass(frozen=True)
@@ -228,7 +272,8 @@ def unit_costs(spec: ChargeSpec, orders: tuple[float, ...], *, max_noise_levels:
     levels = spec.noise_levels()
     if levels > max_noise_levels:
         raise InvalidInputError(
-            f"a decaying noise schedule over {levels} steps exceeds the limit of"
+            f"a decaying noise schedule needing {levels} noise-level evaluations (one per step,"
+            " 2^c per step for groups of up to 2^c records) exceeds the limit of"
             f" {max_noise_levels} noise levels per run (setting DPLEDGER_MAX_NOISE_LEVELS);"
             " use fewer steps or a step schedule",
             parameter="noise",

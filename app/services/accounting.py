@@ -53,6 +53,7 @@ from dp_core.errors import (
     InvalidParameterError,
     UnsupportedMechanismError,
 )
+from dp_core.group import group_exponent
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import mechanism_for_gaussian_release, mechanism_for_laplace_release
 from dp_core.schedules import NoiseSchedule
@@ -132,8 +133,12 @@ def make_run_spec(
     schedule: str,
     noise_multiplier: float,
     decay_rate: float,
+    max_records_per_individual: int = 1,
 ) -> RunSpec:
-    """Validate a run's mechanism with dp_core (the whole plan, so no later epoch can fail)."""
+    """Validate a run's mechanism with dp_core (the whole plan, so no later epoch can fail).
+
+    ``max_records_per_individual`` K > 1 makes every epoch cost its group RDP (see RunSpec).
+    """
     steps = default_steps_per_epoch(sample_rate) if steps_per_epoch is None else steps_per_epoch
     if steps * epochs > MAX_TOTAL_STEPS:
         raise InvalidInputError(
@@ -144,7 +149,8 @@ def make_run_spec(
         noise = NoiseSchedule(
             kind=schedule, noise_multiplier=noise_multiplier, decay_rate=decay_rate
         )
-        spec = RunSpec(sample_rate, steps, epochs, noise)
+        group_exponent(max_records_per_individual)  # validates K >= 1
+        spec = RunSpec(sample_rate, steps, epochs, noise, max_records_per_individual)
         spec.mechanism(0, epochs)
     return spec
 
@@ -202,6 +208,7 @@ def _dp_sgd_spec(mechanism: MechanismRequest) -> ChargeSpec:
         schedule=mechanism.noise.schedule,
         noise_multiplier=mechanism.noise.noise_multiplier,
         decay_rate=mechanism.noise.decay_rate,
+        max_records_per_individual=mechanism.max_records_per_individual,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +28,10 @@ from app.ledger.budget import BudgetState
 from app.ledger.quanta import Vec
 from app.ledger.transitions import replay_entry
 from app.models import Dataset, LedgerEntry, Run
-from app.schemas import BudgetRead, DatasetRead, EntryKind, Role, RunRead
+from app.schemas import AuditRead, BudgetRead, DatasetRead, EntryKind, Role, RunRead
 from app.services import budgets
 from app.services.accounting import epsilon_of_rdp
+from app.services.audits import audit_to_read, run_audits
 from app.services.datasets import budget_state, dataset_to_read, find_dataset
 from app.services.runs import find_run, read_run
 from app.services.tokens import authenticate
@@ -352,6 +353,7 @@ class RunDetail:
     epsilon_charged: float | None
     entries: list[RunEntry]
     entries_total: int
+    audits: list[AuditRead] = field(default_factory=list)
 
 
 def _vector(values: Vec | None) -> list[float | None]:
@@ -412,6 +414,7 @@ def get_run_detail(session: Session, run_id: int, principal: Principal) -> RunDe
             epsilon_charged=_epsilon(orders, charged, delta),
             entries=entries,
             entries_total=len(rows),
+            audits=[audit_to_read(a) for a in run_audits(session, run.id)],
         )
 
 

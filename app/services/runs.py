@@ -142,6 +142,7 @@ def run_to_read(run: Run, dataset: Dataset, charged: int) -> RunRead:
         epochs=run.epochs,
         noise=None if dp_sgd is None else dp_sgd.noise,
         max_grad_norm=None if dp_sgd is None else dp_sgd.max_grad_norm,
+        max_records_per_individual=None if dp_sgd is None else dp_sgd.max_records_per_individual,
         reservation=Reservation(run.reservation),
         status=api_status(run, charged),
         epochs_charged=charged,

@@ -16,7 +16,9 @@ run's theoretical epsilon is its RDP epsilon at the same delta. Two kinds of can
   their loss on the released model. Much looser for correct DP-SGD (the paper's Figure 3).
 
 The non-private mode (no clipping, no noise) is the positive control: the audit must find
-leakage. A loss-threshold membership-inference report (AUC, TPR at low FPR) of the trained
+leakage. With a ``gate`` (``dpledger audit --service``) the audit's training run is an ordinary
+DP-SGD run of the ledger: registered (plan reserved) when it opens, charged before every epoch;
+a refusal stops the audit with :class:`~dp_core.trainer.exit_codes.CommandError` (exit 3). A loss-threshold membership-inference report (AUC, TPR at low FPR) of the trained
 model on its real training data against the held-out split comes alongside.
 """
 
@@ -40,7 +42,9 @@ from dp_core.audit import (
 )
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
+from dp_core.trainer.budget_gate import BudgetGate
 from dp_core.trainer.data import TrainTestData, load_data
+from dp_core.trainer.exit_codes import CommandError, ExitCode
 from dp_core.trainer.loop import DPTrainer
 from dp_core.trainer.models import build_model
 from dp_core.trainer.recipe import build_optimizer
@@ -244,8 +248,13 @@ def _train_private(
     train: TensorDataset,
     loss_fn: Any,
     trainer_class: type[DPTrainer],
+    gate: BudgetGate | None = None,
 ) -> tuple[float, float]:
-    """DP-SGD exactly as ``dpledger train`` runs it; return (epsilon, sigma)."""
+    """DP-SGD exactly as ``dpledger train`` runs it; return (epsilon, sigma).
+
+    Raises:
+        CommandError: (exit 3) when ``gate`` refused the run or one of its epochs.
+    """
     q = min(config.batch_size / len(train), 1.0)
     sigma = _noise_multiplier(config, q)
     trainer = trainer_class(
@@ -260,8 +269,16 @@ def _train_private(
         delta=config.delta,
         seed=config.seed,
         name="dpledger-audit",
+        gate=gate,
     )
-    return trainer.fit().epsilon, sigma
+    result = trainer.fit()
+    if result.stop_reason.startswith("refused"):
+        raise CommandError(
+            f"{result.stop_reason} (the audit trained {result.epochs_completed} of "
+            f"{trainer.plan.epochs} planned epochs; no audit was stored)",
+            exit_code=ExitCode.REFUSED,
+        )
+    return result.epsilon, sigma
 
 
 def _train_non_private(
@@ -301,11 +318,17 @@ def run_audit(
     *,
     data: TrainTestData | None = None,
     trainer_class: type[DPTrainer] = DPTrainer,
+    gate: BudgetGate | None = None,
 ) -> AuditResult:
     """Train once with m canaries and return the audit (see the module docstring).
 
-    ``trainer_class`` is a test seam: a deliberately broken trainer must be caught.
+    ``trainer_class`` is a test seam: a deliberately broken trainer must be caught. ``gate``
+    charges the private training run to a ledger (a non-private control cannot be charged).
     """
+    if gate is not None and not config.private:
+        raise InvalidParameterError(
+            "non_private", True, "a run without noise has no finite epsilon to charge to a ledger"
+        )
     if config.canary_kind not in CANARY_KINDS:
         raise InvalidParameterError(
             "canary_kind", config.canary_kind, f"must be one of {', '.join(CANARY_KINDS)}"
@@ -332,7 +355,7 @@ def run_audit(
         model, loss_fn = base, F.cross_entropy
     train = _with_canaries(data.train, canaries)
     if config.private:
-        epsilon, sigma = _train_private(config, model, train, loss_fn, trainer_class)
+        epsilon, sigma = _train_private(config, model, train, loss_fn, trainer_class, gate)
     else:
         _train_non_private(config, model, train, loss_fn)
         epsilon, sigma = None, None

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dp_core.accountant import RdpAccountant
 from dp_core.errors import InvalidParameterError
+from dp_core.group import group_exponent
 from dp_core.mechanisms import SampledGaussianSchedule
 from dp_core.schedules import NoiseSchedule
 from dp_core.validation import non_negative_int, open_probability, positive_float, probability
@@ -47,6 +48,8 @@ class RunPlan:
         max_grad_norm: Initial clip norm (informational for the ledger).
         delta: The delta at which the run's epsilon is reported.
         name: A human-readable run name.
+        group_size: K, the most records one individual holds (``--max-records-per-individual``);
+            a ledger charges the group-privacy cost for K (1: per record).
     """
 
     sample_rate: float
@@ -56,6 +59,7 @@ class RunPlan:
     max_grad_norm: float
     delta: float
     name: str = "dp-sgd"
+    group_size: int = 1
 
     def __post_init__(self) -> None:
         probability("sample_rate", self.sample_rate)
@@ -63,6 +67,7 @@ class RunPlan:
         non_negative_int("epochs", self.epochs)
         positive_float("max_grad_norm", self.max_grad_norm)
         open_probability("delta", self.delta)
+        group_exponent(self.group_size)  # K >= 1
         # Fails now when a decaying schedule reaches sigma = 0 within the plan.
         self.mechanism(0, self.epochs)
 
@@ -98,6 +103,7 @@ class RunPlan:
             "max_grad_norm": self.max_grad_norm,
             "delta": self.delta,
             "name": self.name,
+            "group_size": self.group_size,
         }
 
     @classmethod

@@ -306,6 +306,7 @@ class DPTrainer:
             max_grad_norm=positive_float("max_grad_norm", max_grad_norm),
             delta=open_probability("delta", delta),
             name=name,
+            group_size=self.group_size,
         )
         self.gate: BudgetGate = gate if gate is not None else _NoBudgetGate()
         self.max_physical_batch_size = max_physical_batch_size

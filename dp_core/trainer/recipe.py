@@ -356,13 +356,8 @@ def _train(
     users = _user_ids(config, len(data.train))
     population = len(data.train) if users is None else int(torch.unique(users).numel())
     q = config.batch_size / population
+    # With --service the gate sends K (RunPlan.group_size) and the ledger charges group privacy.
     grouped = (config.max_records_per_individual or 1) > 1
-    if grouped and config.service is not None:
-        raise InvalidParameterError(
-            "max_records_per_individual",
-            config.max_records_per_individual,
-            "the ledger does not charge group privacy yet: deduplicate, or train locally",
-        )
     trainer = DPTrainer(
         model,
         optimizer,

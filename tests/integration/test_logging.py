@@ -35,6 +35,7 @@ DECISION_FIELDS = {
     "sample_rate",
     "steps_per_epoch",
     "max_grad_norm",
+    "max_records_per_individual",
     "epochs",
     "noise",
     "reservation",
@@ -123,6 +124,7 @@ async def test_admission_decisions_are_logged_with_their_inputs(client, caplog):
             "decay_rate": 0.0,
         }
         assert logged["target_epsilon"] == 3.0
+        assert logged["max_records_per_individual"] == 1  # the group size K (default 1)
     assert admit["decision"] == "admit" and admit["run"] == "small"
     assert admit["epochs"] == 2 and admit["run_id"] == admitted["id"] and not admit["dry_run"]
     assert admit["order"] in (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 32.0, 64.0)

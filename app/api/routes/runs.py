@@ -9,6 +9,9 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from app.api.deps import BearerTokenDep, PrincipalDep, SessionDep, SettingsDep
 from app.schemas import (
     AdmissionPreview,
+    AuditCreate,
+    AuditList,
+    AuditRead,
     BatchCharge,
     BatchChargeRead,
     EpochCharge,
@@ -18,7 +21,7 @@ from app.schemas import (
     RunRead,
     StatementRead,
 )
-from app.services import admission, charging, statement
+from app.services import admission, audits, charging, statement
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -123,3 +126,21 @@ def charge_batch(
 def finish_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunRead:
     """Finish the run and release the reservation of the epochs it never started."""
     return charging.finish_run(session, run_id, principal)
+
+
+@router.post("/{run_id}/audits", status_code=status.HTTP_201_CREATED, responses=_CONFLICT)
+def add_audit(
+    run_id: RunId, body: AuditCreate, session: SessionDep, principal: PrincipalDep
+) -> AuditRead:
+    """Store an empirical privacy audit of the run (a trainer or admin of its dataset).
+
+    The audit never changes the budget; ``exceeds_theoretical`` flags a lower bound above the
+    run's theoretical epsilon.
+    """
+    return audits.add_audit(session, run_id, body, principal)
+
+
+@router.get("/{run_id}/audits")
+def list_audits(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> AuditList:
+    """Return the run's audits, oldest first."""
+    return audits.list_audits(session, run_id, principal)

@@ -241,3 +241,17 @@ def test_train_service_needs_dpledgers_root_command_to_build_its_gate():
     result = CliRunner().invoke(bare, args)
     assert result.exit_code == 2 and "needs a ledger gate" in result.stderr
     # `dpledger train --service` itself: tests/e2e/test_trainer_service.py (a real server).
+
+
+def test_plan_mechanism_carries_the_group_size():
+    schedule = NoiseSchedule(kind="constant", noise_multiplier=1.0)
+    base = RunPlan(sample_rate=0.01, steps_per_epoch=100, epochs=2, schedule=schedule,
+                   max_grad_norm=1.0, delta=1e-5)  # fmt: skip
+    assert "max_records_per_individual" not in plan_mechanism(base).to_json()  # older services
+    grouped = dataclasses.replace(base, group_size=3)
+    assert plan_mechanism(grouped).to_json()["max_records_per_individual"] == 3
+    assert RunPlan.from_dict(grouped.to_dict()) == grouped
+    old_checkpoint = {k: v for k, v in base.to_dict().items() if k != "group_size"}
+    assert RunPlan.from_dict(old_checkpoint) == base
+    with pytest.raises(InvalidParameterError, match="records_per_user"):
+        dataclasses.replace(base, group_size=0)
