@@ -429,7 +429,7 @@ class DpFedAvg:
         return body
 
 
-Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease
+Mechanism = DpFedAvg | DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -697,7 +697,7 @@ def retry_after_seconds(response: httpx.Response, *, now: datetime | None = None
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return max(0.0, float((when - (now or datetime.now(UTC))).total_seconds()))
 
 
 # --- the client ---------------------------------------------------------------------------------

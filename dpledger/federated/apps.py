@@ -37,13 +37,13 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from dp_core.federated import DpFedAvgRounds
 from dpledger.federated.model import SoftmaxModel, UserData
@@ -95,7 +95,9 @@ class FederatedConfig:
     @property
     def quantization_step(self) -> float:
         """s = 2 r / Q, the grid step of SecAgg+'s quantization (0 without it)."""
-        return 2.0 * self.clipping_range / self.quantization_range if self.secure_aggregation else 0.0
+        return (
+            2.0 * self.clipping_range / self.quantization_range if self.secure_aggregation else 0.0
+        )
 
     def mechanism(self, dimension: int) -> DpFedAvgRounds:
         """The dp_core record of this job's rounds (what the ledger charges)."""
@@ -182,7 +184,9 @@ class DpFedAvgStrategy(Strategy):
             return [count * (a - c) for a, c in zip(mean, self.current, strict=True)]
         total = [np.zeros_like(c) for c in self.current]
         for _, res in results:
-            for t, a, c in zip(total, parameters_to_ndarrays(res.parameters), self.current, strict=True):
+            for t, a, c in zip(
+                total, parameters_to_ndarrays(res.parameters), self.current, strict=True
+            ):
                 t += a - c
         return total
 
@@ -206,7 +210,9 @@ class _UserClient(NumPyClient):
     def __init__(self, data: UserData, model: SoftmaxModel, config: FederatedConfig) -> None:
         self.data, self.model, self.config = data, model, config
 
-    def fit(self, parameters: Arrays, config: dict[str, Scalar]) -> tuple[Arrays, int, dict[str, Scalar]]:
+    def fit(
+        self, parameters: Arrays, config: dict[str, Scalar]
+    ) -> tuple[Arrays, int, dict[str, Scalar]]:
         trained = self.model.train(
             parameters,
             self.data,

@@ -58,7 +58,9 @@ class SoftmaxModel:
         return float(np.mean(predicted == data.labels))
 
 
-def load_digits_users(users: int, *, seed: int = 0, test_share: float = 0.2) -> tuple[list[UserData], UserData]:
+def load_digits_users(
+    users: int, *, seed: int = 0, test_share: float = 0.2
+) -> tuple[list[UserData], UserData]:
     """Split scikit-learn's digits into ``users`` users (shuffled, near-equal) and a test set."""
     from sklearn.datasets import load_digits
 
