@@ -57,9 +57,6 @@ def _client_error(error: Exception) -> CommandError:
 def fl(
     users: Annotated[int, typer.Option("--users", help="Synthetic users (clients) N.")],
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds R.")],
-    clients_per_round: Annotated[
-        int, typer.Option("--clients-per-round", help="Users drawn per round, without replacement.")
-    ],
     noise_multiplier: Annotated[
         float,
         typer.Option("--noise-multiplier", help="sigma: noise std sigma*C on the sum (0: none)."),
@@ -67,6 +64,16 @@ def fl(
     clip: Annotated[
         float, typer.Option("--clip", help="C: each user's update is clipped to this L2 norm.")
     ],
+    clients_per_round: Annotated[
+        int | None,
+        typer.Option("--clients-per-round", help="Users drawn per round, without replacement."),
+    ] = None,
+    sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--sample-rate", help="Poisson sampling instead: each user with this probability."
+        ),
+    ] = None,
     data: Annotated[str, typer.Option("--data", help="'digits' (scikit-learn's).")] = "digits",
     secure_aggregation: Annotated[
         bool,
@@ -115,16 +122,20 @@ def _run(**o: Any) -> dict[str, Any]:
     from dpledger.client import LedgerError
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every stage at INFO
-    if not 1 <= o["clients_per_round"] <= o["users"]:
+    if (o["clients_per_round"] is None) == (o["sample_rate"] is None):
         raise CommandError(
-            "error: --clients-per-round must be in [1, --users]", exit_code=ExitCode.USAGE
+            "error: give exactly one of --clients-per-round and --sample-rate",
+            exit_code=ExitCode.USAGE,
         )
-    config = FederatedConfig(
-        users=o["users"], rounds=o["rounds"], clients_per_round=o["clients_per_round"],
-        noise_multiplier=o["noise_multiplier"], clip=o["clip"],
-        secure_aggregation=o["secure_aggregation"], local_epochs=o["local_epochs"],
-        learning_rate=o["learning_rate"], seed=o["seed"],
-    )  # fmt: skip
+    try:
+        config = FederatedConfig(
+            users=o["users"], rounds=o["rounds"], clients_per_round=o["clients_per_round"] or 0,
+            sample_rate=o["sample_rate"], noise_multiplier=o["noise_multiplier"], clip=o["clip"],
+            secure_aggregation=o["secure_aggregation"], local_epochs=o["local_epochs"],
+            learning_rate=o["learning_rate"], seed=o["seed"],
+        )  # fmt: skip
+    except ValueError as error:
+        raise CommandError(f"error: {error}", exit_code=ExitCode.USAGE) from None
     bar = _Bar(o["rounds"], enabled=not o["as_json"])
     try:
         result, _ = run_federated(

@@ -77,13 +77,19 @@ class RoundRefused(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class FederatedConfig:
-    """One DP-FedAvg job (fixed-size sampling of ``clients_per_round`` of ``users``)."""
+    """One DP-FedAvg job over ``users`` users.
+
+    Sampling: ``clients_per_round`` m of them uniformly without replacement (``sample_rate``
+    None), or each user independently with probability ``sample_rate`` q (Poisson; the server
+    then divides by the fixed qN and still adds noise when nobody is drawn).
+    """
 
     users: int
     rounds: int
     clients_per_round: int
     noise_multiplier: float
     clip: float
+    sample_rate: float | None = None
     secure_aggregation: bool = False
     local_epochs: int = 5
     learning_rate: float = 0.5
@@ -92,6 +98,17 @@ class FederatedConfig:
     quantization_range: int = 1 << 22
     modulus_range: int = 1 << 32
 
+    def __post_init__(self) -> None:
+        if self.sample_rate is not None and not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError("the sample rate must be in (0, 1]")
+        if self.sample_rate is None and not 1 <= self.clients_per_round <= self.users:
+            raise ValueError("clients per round must be in [1, users]")
+        if self.secure_aggregation and self.sample_rate is not None:
+            raise ValueError(
+                "secure aggregation needs a fixed number of clients per round (a Poisson round"
+                " may draw fewer than SecAgg+'s threshold); use --clients-per-round"
+            )
+
     @property
     def quantization_step(self) -> float:
         """s = 2 r / Q, the grid step of SecAgg+'s quantization (0 without it)."""
@@ -99,12 +116,27 @@ class FederatedConfig:
             2.0 * self.clipping_range / self.quantization_range if self.secure_aggregation else 0.0
         )
 
+    @property
+    def poisson(self) -> bool:
+        """Whether users are drawn by Poisson sampling."""
+        return self.sample_rate is not None
+
+    @property
+    def denominator(self) -> float:
+        """What the noisy sum is divided by: m, or the expected count qN (never the observed one)."""
+        return (
+            self.sample_rate * self.users
+            if self.sample_rate is not None
+            else self.clients_per_round
+        )
+
     def mechanism(self, dimension: int) -> DpFedAvgRounds:
         """The dp_core record of this job's rounds (what the ledger charges)."""
         return DpFedAvgRounds(
             users=self.users,
-            sampling="fixed",
-            clients_per_round=self.clients_per_round,
+            sampling="poisson" if self.poisson else "fixed",
+            sample_rate=self.sample_rate,
+            clients_per_round=None if self.poisson else self.clients_per_round,
             noise_multiplier=self.noise_multiplier,
             clip=self.clip,
             rounds=self.rounds,
@@ -142,10 +174,21 @@ class DpFedAvgStrategy(Strategy):
             reason = self.gate.before_round(index)
             if reason is not None:
                 raise RoundRefused(index, reason)
-        self.current = parameters_to_ndarrays(parameters)
+        # The strategy's own model is the truth (a Poisson round with nobody drawn updates it
+        # without the workflow knowing).
+        parameters = ndarrays_to_parameters(self.current)
         self._check_clipping_box()
         clients = sorted(client_manager.all().items())
-        chosen = self.rng.choice(len(clients), size=self.config.clients_per_round, replace=False)
+        if self.config.sample_rate is not None:
+            chosen = np.flatnonzero(self.rng.random(len(clients)) < self.config.sample_rate)
+            if chosen.size == 0:  # nobody drawn: the mechanism still releases noise / qN
+                self._apply([np.zeros_like(c) for c in self.current])
+                self.received.append(0)
+                return []
+        else:
+            chosen = self.rng.choice(
+                len(clients), size=self.config.clients_per_round, replace=False
+            )
         config: dict[str, Scalar] = {KEY_CLIPPING_NORM: self.config.clip}
         return [(clients[i][1], FitIns(parameters, config)) for i in sorted(chosen)]
 
@@ -166,13 +209,16 @@ class DpFedAvgStrategy(Strategy):
         failures: list[Any],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         self.received.append(len(results))
-        total = self._sum_of_updates(results)
+        self._apply(self._sum_of_updates(results))
+        return ndarrays_to_parameters(self.current), {}
+
+    def _apply(self, total: Arrays) -> None:
+        """Add N(0, (sigma C)^2) to the sum, divide by the fixed denominator, step the model."""
         sigma = self.config.noise_multiplier * self.config.clip
         noisy = [t + self.rng.normal(0.0, sigma, size=t.shape) for t in total]
-        m = self.config.clients_per_round
-        self.current = [c + n / m for c, n in zip(self.current, noisy, strict=True)]
+        scale = self.config.denominator
+        self.current = [c + n / scale for c, n in zip(self.current, noisy, strict=True)]
         self.rounds_completed += 1
-        return ndarrays_to_parameters(self.current), {}
 
     def _sum_of_updates(self, results: list[tuple[ClientProxy, FitRes]]) -> Arrays:
         """Sum of the clipped updates: from each result, or from SecAgg+'s single average."""

@@ -59,7 +59,8 @@ class FederatedResult:
     test_accuracy: float
     secure_aggregation: bool
     users: int
-    clients_per_round: int
+    clients_per_round: int | None
+    sample_rate: float | None
     noise_multiplier: float
     clip: float
     model_path: str | None
@@ -109,7 +110,8 @@ def ledger_mechanism(record: DpFedAvgRounds) -> DpFedAvg:
         rounds=record.rounds,
         noise_multiplier=record.noise_multiplier,
         clip=record.clip,
-        sampling="fixed",
+        sampling="poisson" if record.sampling == "poisson" else "fixed",
+        sample_rate=record.sample_rate,
         clients_per_round=record.clients_per_round,
         quantization_step=record.quantization_step,
         dimension=record.dimension,
@@ -175,7 +177,8 @@ def run_federated(
         test_accuracy=model.accuracy(strategy.current, test),
         secure_aggregation=config.secure_aggregation,
         users=config.users,
-        clients_per_round=config.clients_per_round,
+        clients_per_round=None if config.poisson else config.clients_per_round,
+        sample_rate=config.sample_rate,
         noise_multiplier=config.noise_multiplier,
         clip=config.clip,
         model_path=path,

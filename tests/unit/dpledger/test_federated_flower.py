@@ -226,3 +226,35 @@ def test_cli_on_an_example_dataset_is_refused_as_input(ledger, monkeypatch):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "privacy_unit_mismatch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_poisson_sampling_is_what_runs_and_what_is_charged(ledger, seen):
+    # q = 0.05 over 20 users: many rounds draw nobody, and those rounds still release noise / qN.
+    config = FederatedConfig(
+        users=20, rounds=12, clients_per_round=0, sample_rate=0.05, noise_multiplier=3.0, clip=1.0
+    )
+    result, strategy = run_federated(config, gate_factory=gate_on(ledger, dataset="roomy"))
+    assert result.rounds_completed == 12 == len(strategy.received)
+    assert 0 in strategy.received and max(strategy.received) >= 1  # empty and non-empty rounds
+    assert len(seen) == sum(1 for n in strategy.received if n)  # only non-empty rounds reach Flower
+    with ledger.client() as admin:
+        run = admin.get_run(result.run_id)
+        assert run.mechanism["sampling"] == "poisson" and run.mechanism["sample_rate"] == 0.05
+        assert run.epochs_charged == 12
+    record = DpFedAvgRounds(
+        users=20, sampling="poisson", sample_rate=0.05, noise_multiplier=3.0, clip=1.0, rounds=12
+    )
+    assert result.epsilon == pytest.approx(user_epsilon(record, delta=1e-5))
+
+
+def test_poisson_with_secure_aggregation_is_refused():
+    with pytest.raises(ValueError, match="secure aggregation"):
+        FederatedConfig(
+            users=20,
+            rounds=1,
+            clients_per_round=0,
+            sample_rate=0.1,
+            noise_multiplier=1.0,
+            clip=1.0,
+            secure_aggregation=True,
+        )
