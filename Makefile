@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,trainer,opacus]"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,trainer,opacus,federated]"
 	touch $(STAMP)
 
 run: $(STAMP)

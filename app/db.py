@@ -135,7 +135,8 @@ def write_transaction(session: Session) -> Iterator[Session]:
     """
     if session.in_transaction():
         raise RuntimeError("write_transaction needs a session outside any transaction")
-    session.connection(execution_options={_WRITE_OPTION: True})
+    options: Any = {_WRITE_OPTION: True}  # a plain dict: the key is a module constant
+    session.connection(execution_options=options)
     try:
         yield session
     except BaseException:

@@ -119,6 +119,12 @@ class RunNotActiveError(ConflictError):
     code = "run_not_active"
 
 
+class PrivacyUnitMismatchError(ConflictError):
+    """The run's mechanism protects another unit (user or example) than the dataset declares."""
+
+    code = "privacy_unit_mismatch"
+
+
 class CalibrationFailedError(InvalidInputError):
     """No noise multiplier within dp_core's search range meets the target."""
 
@@ -161,3 +167,5 @@ __all__ += [
     "InternalError",
     "PayloadTooLargeError",
 ]
+
+__all__ += ["PrivacyUnitMismatchError"]

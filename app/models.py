@@ -98,6 +98,11 @@ class Dataset(Base):
     approx_delta: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     approx_epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     approx_delta_spent: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: What one unit of privacy protects: "example" (a record) or "user" (all of a user's data,
+    #: federated learning). Fixed at creation; mechanisms of the other unit are refused.
+    privacy_unit: Mapped[str] = mapped_column(
+        String(16), default="example", server_default="example"
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 

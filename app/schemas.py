@@ -113,6 +113,9 @@ EntryKind = LedgerEntryKind
 # --- datasets -------------------------------------------------------------------------------
 
 
+PrivacyUnit = Literal["example", "user"]
+
+
 class DatasetCreate(Request):
     """A new dataset with its budget and the admission filter's grid (fixed at creation)."""
 
@@ -136,6 +139,13 @@ class DatasetCreate(Request):
     )
     approx_dp_delta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = Field(
         default=0.0, description="Part of target_delta set aside for black-box releases."
+    )
+    privacy_unit: PrivacyUnit = Field(
+        default="example",
+        description=(
+            "What one unit of privacy protects: one record ('example': DP-SGD, PATE, releases)"
+            " or all the data of one user ('user': federated learning with dp_fedavg)."
+        ),
     )
 
 
@@ -166,6 +176,9 @@ class DatasetRead(BaseModel):
         description="What new runs may still reserve (as GET /v1/datasets/{name}/budget)."
     )
     created_at: datetime
+    privacy_unit: PrivacyUnit = Field(
+        default="example", description="What one unit of privacy protects: an example or a user."
+    )
 
 
 class DatasetList(BaseModel):
@@ -195,6 +208,7 @@ class MechanismKind(StrEnum):
     gaussian_release = "gaussian_release"
     approx_dp_release = "approx_dp_release"
     tuning = "tuning"
+    dp_fedavg = "dp_fedavg"
 
 
 RunSampleRate = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -294,6 +308,30 @@ class TuningMechanism(Request):
     mu: Annotated[float, Field(gt=0, le=1e4, allow_inf_nan=False)] = 1.0
 
 
+class DpFedAvgMechanism(Request):
+    """User-level DP-FedAvg (McMahan et al. 2018) on a ``privacy_unit="user"`` dataset.
+
+    Each round samples users (``sampling="poisson"`` with ``sample_rate``, or ``"fixed"``:
+    ``clients_per_round`` of the ``users`` without replacement), clips each sampled user's whole
+    update to ``clip`` and adds Gaussian noise of std ``noise_multiplier * clip`` to their sum.
+    With secure aggregation, ``quantization_step`` and the model ``dimension`` bound what rounding
+    adds to the sensitivity. A unit is a round, charged with ``POST /v1/runs/{id}/epochs``.
+    """
+
+    kind: Literal["dp_fedavg"]
+    users: Annotated[int, Field(ge=1, le=1_000_000_000)]
+    sampling: Literal["poisson", "fixed"] = "poisson"
+    sample_rate: RunSampleRate | None = Field(default=None, description="Poisson sampling only.")
+    clients_per_round: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = Field(
+        default=None, description="Fixed-size sampling only."
+    )
+    rounds: PlannedEpochs
+    noise_multiplier: NoiseMultiplier
+    clip: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+    quantization_step: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 0.0
+    dimension: Annotated[int, Field(ge=0, le=10_000_000_000)] = 0
+
+
 AnyMechanism = (
     DpSgdMechanism
     | PateMechanism
@@ -301,6 +339,7 @@ AnyMechanism = (
     | GaussianRelease
     | ApproxDpRelease
     | TuningMechanism
+    | DpFedAvgMechanism
 )
 MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
 
@@ -558,6 +597,9 @@ class BudgetRead(BaseModel):
         description="The black-box sub-budget (basic composition), included in epsilon_spent."
     )
     orders: list[OrderHeadroom]
+    privacy_unit: PrivacyUnit = Field(
+        default="example", description="What one unit of privacy protects: an example or a user."
+    )
 
 
 # --- privacy statement -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dp_core.errors import (
     InvalidParameterError,
     UnsupportedMechanismError,
 )
+from dp_core.federated import DpFedAvgRounds
 from dp_core.group import UserLevelEpsilon, compute_user_epsilon
 from dp_core.mechanisms import (
     Composed,
@@ -54,6 +55,7 @@ __all__ = [
     "CalibrationError",
     "Composed",
     "DeltaReport",
+    "DpFedAvgRounds",
     "DpCoreError",
     "EpsilonReport",
     "GNMaxQueries",

@@ -98,6 +98,7 @@ def _register_all() -> None:
         "app.cli",
         "dp_core.trainer.cli",
         "dpledger.audit_cli",
+        "dpledger.fl_cli",
     ):
         try:
             module = importlib.import_module(name)

@@ -47,6 +47,7 @@ __all__ = [
     "DatasetExists",
     "DatasetList",
     "DatasetRead",
+    "DpFedAvg",
     "DpSgd",
     "DpSgdStatementRead",
     "EpochBeyondPlan",
@@ -72,6 +73,7 @@ __all__ = [
     "OrderHeadroom",
     "Pate",
     "PayloadTooLarge",
+    "PrivacyUnitMismatch",
     "RetryPolicy",
     "RunBudget",
     "RunNotActive",
@@ -124,6 +126,7 @@ class DatasetRead(_Result):
     epsilon_spent: float | None
     epsilon_remaining: float
     created_at: datetime
+    privacy_unit: str = "example"
 
 
 class DatasetList(_Result):
@@ -297,6 +300,7 @@ class BudgetRead(_Result):
     by_kind: list[KindSpend]
     approx_dp: ApproxDpBudget
     orders: list[OrderHeadroom]
+    privacy_unit: str = "example"
 
 
 class EpsilonRead(_Result):
@@ -525,7 +529,46 @@ class Tuning:
         }
 
 
-Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease | Tuning
+@dataclass(frozen=True, kw_only=True)
+class DpFedAvg:
+    """User-level DP-FedAvg: ``rounds`` rounds over ``users`` users, charged one round at a time.
+
+    ``sampling="poisson"`` takes ``sample_rate``; ``sampling="fixed"`` takes ``clients_per_round``
+    (m of the N users without replacement). ``noise_multiplier`` is sigma: the server adds noise
+    of std sigma * clip to the sum of the clipped updates. Only for user-level datasets.
+    """
+
+    users: int
+    rounds: int
+    noise_multiplier: float
+    clip: float
+    sampling: Literal["poisson", "fixed"] = "poisson"
+    sample_rate: float | None = None
+    clients_per_round: int | None = None
+    quantization_step: float = 0.0
+    dimension: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``mechanism`` object of ``POST /v1/runs``."""
+        body: dict[str, Any] = {
+            "kind": "dp_fedavg",
+            "users": self.users,
+            "rounds": self.rounds,
+            "noise_multiplier": self.noise_multiplier,
+            "clip": self.clip,
+            "sampling": self.sampling,
+        }
+        if self.sample_rate is not None:
+            body["sample_rate"] = self.sample_rate
+        if self.clients_per_round is not None:
+            body["clients_per_round"] = self.clients_per_round
+        if self.quantization_step:
+            body["quantization_step"] = self.quantization_step
+            body["dimension"] = self.dimension
+        return body
+
+
+Mechanism = DpSgd | Pate | LaplaceRelease | GaussianRelease | ApproxDpRelease | Tuning | DpFedAvg
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -621,6 +664,12 @@ class EpochBeyondPlan(Conflict):
     """An epoch past the run's planned epochs."""
 
     codes = ("epoch_beyond_plan",)
+
+
+class PrivacyUnitMismatch(Conflict):
+    """The run protects another privacy unit (user or example) than the dataset declares."""
+
+    codes = ("privacy_unit_mismatch",)
 
 
 class RunNotActive(Conflict):
@@ -787,7 +836,7 @@ def retry_after_seconds(response: httpx.Response, *, now: datetime | None = None
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return max(0.0, float((when - (now or datetime.now(UTC))).total_seconds()))
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -964,6 +1013,7 @@ class LedgerClient:
         weights: list[float] | None = None,
         approx_dp_epsilon: float = 0.0,
         approx_dp_delta: float = 0.0,
+        privacy_unit: Literal["example", "user"] = "example",
     ) -> DatasetRead:
         """``POST /v1/datasets`` (admin): a dataset and its budget. Not retried."""
         body: dict[str, Any] = {
@@ -978,6 +1028,8 @@ class LedgerClient:
             body["orders"] = list(orders)
         if weights is not None:
             body["weights"] = list(weights)
+        if privacy_unit != "example":
+            body["privacy_unit"] = privacy_unit
         return self._call(DatasetRead, "POST", "/v1/datasets", json=body, idempotent=False)
 
     def get_dataset(self, name: str) -> DatasetRead:

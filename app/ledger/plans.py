@@ -14,6 +14,7 @@ Three kinds of plans share one interface: ``units`` (how many charges), ``mechan
 * :class:`TuningSpec`: private hyperparameter tuning over a DP-SGD base (Papernot & Steinke 2022);
   a single unit, the whole job (its RDP bound is not a sum over candidates, so it is charged
   once, before the first candidate trains).
+* :class:`FedAvgSpec`: user-level DP-FedAvg; a unit is a round of client sampling.
 
 Costs are computed from closed forms wherever units repeat: composition adds RDP (Mironov 2017,
 Prop. 1), so ``k`` identical steps or queries cost exactly ``k`` times one, and the one is
@@ -24,7 +25,7 @@ evaluation per epoch, bounded by ``max_noise_levels`` (its steps, each at its ow
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 import numpy as np
@@ -33,6 +34,7 @@ from app.errors import InvalidInputError
 from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
+from dp_core.federated import DpFedAvgRounds
 from dp_core.group import group_exponent, group_order_map
 from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule, Tuning
 from dp_core.pate import PateMechanism as PateQueries
@@ -259,7 +261,32 @@ class TuningSpec:
         return UnitCosts.uniform(cost_up(_rdp(self.mechanism(0, 1), orders)), 1)
 
 
-ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec | TuningSpec
+@dataclass(frozen=True)
+class FedAvgSpec:
+    """User-level DP-FedAvg; a unit is one round (:class:`dp_core.federated.DpFedAvgRounds`)."""
+
+    rounds_record: DpFedAvgRounds
+
+    @property
+    def units(self) -> int:
+        """The planned number of rounds."""
+        return self.rounds_record.rounds
+
+    def mechanism(self, start: int, stop: int) -> DpFedAvgRounds:
+        """Return the record of rounds [start, stop)."""
+        return replace(self.rounds_record, rounds=max(0, stop - start))
+
+    def noise_levels(self) -> int:
+        """One: every round has the same noise."""
+        return 1
+
+    def costs(self, orders: tuple[float, ...]) -> UnitCosts:
+        """Return each round's cost: one round's RDP, rounded up, for every round."""
+        one = cost_up(_rdp(self.mechanism(0, 1), orders))
+        return UnitCosts.uniform(one, self.units)
+
+
+ChargeSpec: TypeAlias = RunSpec | PateSpec | ReleaseSpec | TuningSpec | FedAvgSpec
 
 
 def unit_costs(spec: ChargeSpec, orders: tuple[float, ...], *, max_noise_levels: int) -> UnitCosts:

@@ -21,6 +21,7 @@ from app.ledger.costs import UnitCosts
 from app.ledger.plans import (
     DEFAULT_MAX_NOISE_LEVELS,
     ChargeSpec,
+    FedAvgSpec,
     PateSpec,
     ReleaseSpec,
     RunSpec,
@@ -31,6 +32,7 @@ from app.ledger.quanta import FloatArray, Vec
 from app.ledger.rounding import capacity_down
 from app.schemas import (
     AnyMechanism,
+    DpFedAvgMechanism,
     DpSgdMechanism,
     EpsilonRead,
     EpsilonRequest,
@@ -53,6 +55,7 @@ from dp_core.errors import (
     InvalidParameterError,
     UnsupportedMechanismError,
 )
+from dp_core.federated import DpFedAvgRounds
 from dp_core.group import group_exponent
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import mechanism_for_gaussian_release, mechanism_for_laplace_release
@@ -253,6 +256,23 @@ def _tuning_spec(mechanism: MechanismRequest) -> ChargeSpec:
     return spec
 
 
+def _fedavg_spec(mechanism: MechanismRequest) -> ChargeSpec:
+    assert isinstance(mechanism, DpFedAvgMechanism)
+    with translated_dp_errors():
+        record = DpFedAvgRounds(
+            users=mechanism.users,
+            sampling=mechanism.sampling,
+            noise_multiplier=mechanism.noise_multiplier,
+            clip=mechanism.clip,
+            rounds=mechanism.rounds,
+            sample_rate=mechanism.sample_rate,
+            clients_per_round=mechanism.clients_per_round,
+            quantization_step=mechanism.quantization_step,
+            dimension=mechanism.dimension,
+        )
+    return FedAvgSpec(record)
+
+
 def _no_rdp(mechanism: MechanismRequest) -> ChargeSpec:
     raise InvalidInputError(
         f"{mechanism.kind} has no RDP curve; it is charged to the approximate-DP sub-budget",
@@ -267,6 +287,7 @@ _CHARGE_SPECS: dict[str, Callable[[MechanismRequest], ChargeSpec]] = {
     "gaussian_release": _gaussian_spec,
     "approx_dp_release": _no_rdp,
     "tuning": _tuning_spec,
+    "dp_fedavg": _fedavg_spec,
 }
 
 

@@ -36,7 +36,13 @@ from app.services.accounting import (
     stored_mechanism,
 )
 from app.services.approx_release import admit_approx_release
-from app.services.datasets import budget_state, find_dataset, lock_dataset, store_budget_state
+from app.services.datasets import (
+    budget_state,
+    check_privacy_unit,
+    find_dataset,
+    lock_dataset,
+    store_budget_state,
+)
 from app.services.fit import WhatFits, what_fits
 from app.services.ledger_writes import write_entries
 from app.services.runs import find_run, new_run, read_run, run_to_read
@@ -130,6 +136,8 @@ def admit_run(
         if earlier is not None:
             return earlier
     mechanism = body.resolved_mechanism()
+    with read_transaction(session):  # the unit is fixed at creation: no lock needed
+        check_privacy_unit(find_dataset(session, body.dataset), mechanism.kind)
     if isinstance(mechanism, ApproxDpRelease):
         return admit_approx_release(
             session, body, mechanism, principal, dry_run=dry_run, idempotency_key=key

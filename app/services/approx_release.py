@@ -11,7 +11,9 @@ Thm. 3.6). The two parts run side by side and compose to (eps_G, delta_G).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from fractions import Fraction
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -54,7 +56,7 @@ def _spent_exactly(session: Session, dataset: Dataset) -> tuple[Fraction, Fracti
     in 1.0) while never admitting a true sum above it; the float totals on the dataset row are
     rounded up and only reported.
     """
-    specs = session.scalars(
+    specs: Iterable[dict[str, Any] | None] = session.scalars(
         select(Run.spec).where(
             Run.dataset_id == dataset.id,
             Run.kind == MechanismKind.approx_dp_release.value,

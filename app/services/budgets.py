@@ -34,6 +34,7 @@ from app.services.datasets import (
     find_dataset,
     finite,
     headline,
+    privacy_unit_of,
 )
 from app.services.runs import api_status, charged_units, run_costs, run_epsilon
 
@@ -126,6 +127,7 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             by_kind=_spend_by_kind(dataset, runs, charged),
             approx_dp=approx_dp_budget(dataset),
             orders=_order_rows(dataset),
+            privacy_unit=privacy_unit_of(dataset),
         )
 
 

@@ -12,12 +12,24 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
-from app.errors import DatasetExistsError, InvalidInputError, NotFoundError
+from app.errors import (
+    DatasetExistsError,
+    InvalidInputError,
+    NotFoundError,
+    PrivacyUnitMismatchError,
+)
 from app.ledger import budget
 from app.ledger.budget import BudgetState
 from app.ledger.rounding import subtract_down
 from app.models import Dataset
-from app.schemas import ApproxDpBudget, DatasetCreate, DatasetList, DatasetRead, Role
+from app.schemas import (
+    ApproxDpBudget,
+    DatasetCreate,
+    DatasetList,
+    DatasetRead,
+    PrivacyUnit,
+    Role,
+)
 from app.services.accounting import DEFAULT_FILTER_ORDERS, filter_capacity
 
 _WEIGHT_SUM_TOLERANCE = 1e-6
@@ -37,6 +49,7 @@ def dataset_to_read(dataset: Dataset) -> DatasetRead:
         epsilon_spent=finite(numbers.spent),
         epsilon_remaining=numbers.remaining,
         created_at=dataset.created_at,
+        privacy_unit=privacy_unit_of(dataset),
     )
 
 
@@ -182,6 +195,7 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         approx_delta=body.approx_dp_delta,
         approx_epsilon_spent=0.0,
         approx_delta_spent=0.0,
+        privacy_unit=body.privacy_unit,
         created_by=principal.actor,
     )
     try:
@@ -192,6 +206,33 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
     except IntegrityError as error:  # a concurrent create of the same name won the race
         raise DatasetExistsError(f"dataset {body.name!r} already exists") from error
     return dataset_to_read(dataset)
+
+
+def privacy_unit_of(dataset: Dataset) -> PrivacyUnit:
+    """Return the dataset's privacy unit ("example" for rows made before the column existed)."""
+    return "user" if dataset.privacy_unit == "user" else "example"
+
+
+#: The privacy unit each mechanism kind protects; a dataset admits only runs of its own unit.
+_USER_LEVEL_KINDS = frozenset({"dp_fedavg"})
+
+
+def check_privacy_unit(dataset: Dataset, kind: str) -> None:
+    """Refuse a run whose mechanism protects another unit than the dataset declares (409).
+
+    DP-FedAvg bounds what one *user* (all their records) changes; DP-SGD, PATE and releases
+    bound one *example*. Composing the two on one budget would state neither guarantee, so a
+    dataset holds runs of one unit only.
+    """
+    wanted: PrivacyUnit = "user" if kind in _USER_LEVEL_KINDS else "example"
+    unit = privacy_unit_of(dataset)
+    if wanted != unit:
+        raise PrivacyUnitMismatchError(
+            f"dataset {dataset.name!r} protects one {unit} per unit of privacy, but a {kind} run"
+            f" protects one {wanted}; create a dataset with privacy_unit={wanted!r} for it",
+            dataset_privacy_unit=unit,
+            run_privacy_unit=wanted,
+        )
 
 
 def find_dataset(session: Session, name: str) -> Dataset:

@@ -1,7 +1,7 @@
 """Empirical privacy audits stored with runs (``POST/GET /v1/runs/{id}/audits``).
 
 Revision ID: 0007
-Revises: 0005 (0006 is written in parallel; the chain is fixed when both are merged)
+Revises: 0006
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -24,6 +24,8 @@ def test_public_all_is_exactly_the_facade():
             # PLD, user level, statement (issue 13)
             "PldEpsilon", "compute_epsilon_pld", "UserLevelEpsilon", "compute_user_epsilon",
             "PrivacyStatement", "build_privacy_statement", "render_privacy_statement",
+            # user-level DP-FedAvg (issue 14)
+            "DpFedAvgRounds",
         ]
     )  # fmt: skip
     for name in dp_core.__all__:

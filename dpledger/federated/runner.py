@@ -1,0 +1,201 @@
+"""Run one DP-FedAvg job on Flower, in-process, asking the ledger before every round.
+
+:func:`run_federated` builds the users, the Flower apps and the :class:`LocalGrid`, runs the
+ServerApp, and returns a :class:`FederatedResult` (what ``dpledger fl --json`` prints).
+:class:`LedgerRoundGate` charges each round through :class:`dpledger.client.LedgerClient` before
+it runs (``POST /v1/runs/{id}/epochs``; a unit of a ``dp_fedavg`` run is a round).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common import Context, RecordDict
+
+from dp_core.conversion import rdp_to_epsilon
+from dp_core.federated import DpFedAvgRounds
+from dp_core.rdp.compose import compute_rdp
+from dp_core.rdp.orders import DEFAULT_ORDERS
+from dpledger.client import BudgetExceeded, DpFedAvg, LedgerClient, LedgerError
+from dpledger.federated.apps import (
+    DpFedAvgStrategy,
+    FederatedConfig,
+    RoundGate,
+    RoundRefused,
+    make_client_app,
+    make_server_app,
+)
+from dpledger.federated.grid import LocalGrid
+from dpledger.federated.model import SoftmaxModel, load_digits_users
+from dpledger.gate import refusal_reason
+
+__all__ = [
+    "FederatedResult",
+    "LedgerRefusedError",
+    "LedgerRoundGate",
+    "run_federated",
+    "user_epsilon",
+]
+
+
+class LedgerRefusedError(Exception):
+    """The ledger refused the whole job at admission (nothing ran)."""
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    """The JSON summary of a job."""
+
+    rounds_completed: int
+    rounds_planned: int
+    stop_reason: str
+    epsilon: float | None
+    delta: float
+    test_accuracy: float
+    secure_aggregation: bool
+    users: int
+    clients_per_round: int | None
+    sample_rate: float | None
+    noise_multiplier: float
+    clip: float
+    model_path: str | None
+    run_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LedgerRoundGate:
+    """Registers the job as a ``dp_fedavg`` run and charges round r before it runs."""
+
+    def __init__(
+        self,
+        client: LedgerClient,
+        *,
+        dataset: str,
+        name: str,
+        mechanism: DpFedAvg,
+        reservation: str = "plan",
+    ) -> None:
+        self._client = client
+        try:
+            self.run_id = client.create_run(
+                dataset=dataset, name=name, mechanism=mechanism, reservation=reservation
+            ).id
+        except BudgetExceeded as refusal:
+            raise LedgerRefusedError(f"refused: {refusal_reason(refusal)}") from refusal
+
+    def before_round(self, round_index: int) -> str | None:
+        try:
+            self._client.charge_epoch(self.run_id, round_index)
+        except BudgetExceeded as refusal:
+            return refusal_reason(refusal)
+        return None
+
+    def close(self) -> None:
+        """Finish the run (releases what it reserved and never charged)."""
+        with contextlib.suppress(LedgerError):
+            self._client.finish_run(self.run_id)
+
+
+def ledger_mechanism(record: DpFedAvgRounds) -> DpFedAvg:
+    """The service's description of exactly the rounds the job runs."""
+    return DpFedAvg(
+        users=record.users,
+        rounds=record.rounds,
+        noise_multiplier=record.noise_multiplier,
+        clip=record.clip,
+        sampling="poisson" if record.sampling == "poisson" else "fixed",
+        sample_rate=record.sample_rate,
+        clients_per_round=record.clients_per_round,
+        quantization_step=record.quantization_step,
+        dimension=record.dimension,
+    )
+
+
+def user_epsilon(record: DpFedAvgRounds, *, delta: float) -> float:
+    """User-level epsilon of ``record``'s rounds (RDP, converted at ``delta``)."""
+    rdp = compute_rdp(record, DEFAULT_ORDERS)
+    return float(rdp_to_epsilon(orders=DEFAULT_ORDERS, rdp=rdp, delta=delta, warn=False).epsilon)
+
+
+def run_federated(
+    config: FederatedConfig,
+    *,
+    delta: float = 1e-5,
+    gate_factory: Callable[[DpFedAvgRounds], RoundGate] | None = None,
+    out: Path | None = None,
+    on_round: Callable[[int], None] | None = None,
+    extra_mods: list[Any] | None = None,
+) -> tuple[FederatedResult, DpFedAvgStrategy]:
+    """Run the job; ``gate_factory`` gets the planned rounds' record and returns the gate."""
+    users, test = load_digits_users(config.users, seed=config.seed)
+    model = SoftmaxModel(features=users[0].features.shape[1], classes=10)
+    private = config.noise_multiplier > 0
+    record = config.mechanism(model.dimension) if private else None
+    gate = gate_factory(record) if gate_factory is not None and record is not None else None
+    strategy = DpFedAvgStrategy(
+        config,
+        model.initial(),
+        gate=_Observed(gate, on_round),
+        rng=np.random.default_rng(config.seed),
+    )
+    refusals: list[RoundRefused] = []
+    server = make_server_app(strategy, refusals.append)
+    grid = LocalGrid(
+        make_client_app(users, model, config, extra_mods=extra_mods), nodes=config.users
+    )
+    try:
+        server(
+            grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        )
+    finally:
+        if isinstance(gate, LedgerRoundGate):
+            gate.close()
+    completed = strategy.rounds_completed
+    epsilon = None
+    if record is not None:
+        epsilon = user_epsilon(
+            DpFedAvgRounds(**{**asdict(record), "rounds": completed}), delta=delta
+        )
+    path = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, *strategy.current)
+        path = str(out)
+    result = FederatedResult(
+        rounds_completed=completed,
+        rounds_planned=config.rounds,
+        stop_reason=refusals[0].reason if refusals else "completed",
+        epsilon=epsilon,
+        delta=delta,
+        test_accuracy=model.accuracy(strategy.current, test),
+        secure_aggregation=config.secure_aggregation,
+        users=config.users,
+        clients_per_round=None if config.poisson else config.clients_per_round,
+        sample_rate=config.sample_rate,
+        noise_multiplier=config.noise_multiplier,
+        clip=config.clip,
+        model_path=path,
+        run_id=gate.run_id if isinstance(gate, LedgerRoundGate) else None,
+    )
+    return result, strategy
+
+
+@dataclass
+class _Observed:
+    """The gate, plus a progress callback once a round is admitted."""
+
+    gate: RoundGate | None
+    on_round: Callable[[int], None] | None
+
+    def before_round(self, round_index: int) -> str | None:
+        reason = None if self.gate is None else self.gate.before_round(round_index)
+        if reason is None and self.on_round is not None:
+            self.on_round(round_index)
+        return reason
