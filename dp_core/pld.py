@@ -182,7 +182,12 @@ def _loss_range(q: float, sigma: float, direction: str) -> tuple[float, float]:
 
 
 def sampled_gaussian_pld(
-    *, sample_rate: float, noise_multiplier: float, direction: str, discretization: float
+    *,
+    sample_rate: float,
+    noise_multiplier: float,
+    direction: str,
+    discretization: float,
+    max_points: int | None = None,
 ) -> DiscretePld:
     """Pessimistic (connect-the-dots) PLD of one step of the Poisson-subsampled Gaussian.
 
@@ -196,10 +201,18 @@ def sampled_gaussian_pld(
         noise_multiplier: sigma > 0.
         direction: ``"remove"`` or ``"add"`` (see the module docstring).
         discretization: Grid width h > 0.
+        max_points: Refuse (DpCoreError, before allocating) a grid of more points than this
+            (a tiny sigma spreads the losses over ~1/sigma^2: a work bound, not a validity one).
     """
     q, sigma, h = sample_rate, noise_multiplier, discretization
     low, high = _loss_range(q, sigma, direction)
     first, last = math.floor(low / h), math.ceil(high / h)
+    limit = _MAX_GRID if max_points is None else min(max_points, _MAX_GRID)
+    if last - first + 1 > limit:
+        raise DpCoreError(
+            f"one step's privacy loss spans {last - first + 1} grid points, over the work bound"
+            f" of {limit}; use a larger discretization (or RDP accounting)"
+        )
     losses = h * np.arange(first, last + 1, dtype=np.float64)
     sign = 1.0 if direction == "remove" else -1.0
     p_hi, p_lo, q_hi, q_lo = _survivals(_threshold(losses, q, sigma, sign), q, sigma, direction)
@@ -511,7 +524,11 @@ def _epsilon_direction(
     plds = [
         (
             sampled_gaussian_pld(
-                sample_rate=q, noise_multiplier=float(s), direction=direction, discretization=h
+                sample_rate=q,
+                noise_multiplier=float(s),
+                direction=direction,
+                discretization=h,
+                max_points=max_fft_points,
             ),
             int(c),
         )

@@ -94,3 +94,11 @@ async def test_bad_accountant_input(client, database_url, path, body, code):
     assert response.status_code == 422, response.text
     assert response.json()["code"] == code
     assert snapshot(database_url) == before
+
+
+async def test_a_tiny_sigma_gets_rdp_and_no_pld_instead_of_a_huge_grid(client):
+    """Schemathesis found it: sigma 1e-3 spreads one step's losses over ~6e9 grid points."""
+    body = {"steps": 2, "noise_multiplier": 0.001, "sample_rate": 0.001, "delta": 5e-324}
+    response = await client.post("/v1/accountant/epsilon", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["epsilon_pld"] is None and response.json()["epsilon_rdp"] > 1e5
