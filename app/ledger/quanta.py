@@ -112,22 +112,32 @@ def exact(value: Quanta) -> Fraction | None:
     return None if value is None else Fraction(value, _SCALE)
 
 
+def _nearest_and_back(value: int) -> tuple[float, int]:
+    """Return the float nearest value / 2^64 and that float times 2^64, exactly, as an int.
+
+    ``int / int`` is correctly rounded; scaling a float by a power of two is exact, and the
+    nearest float to an integer multiple of 2^-64 times 2^64 is an integer, so the comparison
+    with ``value`` needs no rational arithmetic.
+    """
+    nearest = value / _SCALE
+    return nearest, int(math.ldexp(nearest, QUANTUM_BITS))
+
+
 def float_up(value: Quanta) -> float:
     """Return the smallest float not below the exact value (+inf for None)."""
     if value is None:
         return math.inf
-    nearest = value / _SCALE  # int / int is correctly rounded
-    if math.isinf(nearest) or Fraction(nearest) >= Fraction(value, _SCALE):
-        return nearest
-    return math.nextafter(nearest, math.inf)
+    try:
+        nearest, back = _nearest_and_back(value)
+    except OverflowError:  # beyond the float range
+        return math.inf
+    return nearest if back >= value else math.nextafter(nearest, math.inf)
 
 
 def float_down(value: int) -> float:
     """Return the largest float not above the exact value."""
-    nearest = value / _SCALE
-    if Fraction(nearest) <= Fraction(value, _SCALE):
-        return nearest
-    return math.nextafter(nearest, -math.inf)
+    nearest, back = _nearest_and_back(value)
+    return nearest if back <= value else math.nextafter(nearest, -math.inf)
 
 
 def to_floats_up(a: Vec) -> FloatArray:

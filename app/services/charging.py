@@ -9,9 +9,10 @@ accounting math happens under the lock: :func:`app.ledger.transitions.charge` on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.auth import Principal, hash_token
@@ -19,10 +20,11 @@ from app.db import read_transaction, write_transaction
 from app.errors import NotFoundError
 from app.ledger import quanta, transitions
 from app.ledger.costs import UnitCosts
+from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind
 from app.models import ApiToken, Dataset, LedgerEntry, Run
 from app.observability import AdmissionLog, log_charge
-from app.schemas import EpochChargeRead, RunRead, RunStatus
+from app.schemas import EpochChargeRead, MechanismKind, RunRead, RunStatus
 from app.services.accounting import epsilon_of_rdp
 from app.services.admission import budget_refusal, verdict
 from app.services.datasets import budget_state, lock_dataset, store_budget_state
@@ -121,6 +123,27 @@ def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) ->
     )
 
 
+#: Plans of recently charged runs: (stored spec, stored costs) -> parsed plan and costs. A run's
+#: spec and costs never change after admission; the stored values are compared on every use, so
+#: a stale entry can never be served. Cleared when full (bounded memory).
+_PLANS: dict[int, tuple[Any, Any, ChargeSpec | None, UnitCosts]] = {}
+_PLANS_MAX = 4096
+
+
+def _plan_of(run: Run, orders: list[float]) -> tuple[ChargeSpec | None, UnitCosts]:
+    """Return the run's plan (None for a black-box release: it has no RDP mechanism) and costs."""
+    cached = _PLANS.get(run.id)
+    if cached is not None and cached[0] == run.spec and cached[1] == run.costs:
+        return cached[2], cached[3]
+    black_box = run.kind == MechanismKind.approx_dp_release.value
+    spec = None if black_box else run_spec(run)
+    costs = run_costs(run, orders)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[run.id] = (run.spec, run.costs, spec, costs)
+    return spec, costs
+
+
 def charge_unit(
     session: Session, run_id: int, unit: int, caller: str | Principal | None
 ) -> EpochChargeRead:
@@ -133,7 +156,7 @@ def charge_unit(
     with write_transaction(session):
         locked = _lock_for_charge(session, run_id, caller)
         run, dataset = locked.run, locked.dataset
-        costs = run_costs(run, list(dataset.orders))
+        spec, costs = _plan_of(run, list(dataset.orders))
         state = budget_state(dataset)
         step = transitions.charge(state, run_state(run, costs, locked.charged), unit)
         if step.refused:
@@ -144,9 +167,13 @@ def charge_unit(
         else:
             refusal = None
             entry = step.entries[0]
-            mechanism = entry_mechanism(run_spec(run), entry)
-            entry_id, created_at = session.execute(
-                insert(LedgerEntry)
+            assert spec is not None  # a black-box release is charged once, at admission
+            mechanism = entry_mechanism(spec, entry)
+            # Core statements on the tables (no ORM bulk-persistence layer on the hot path).
+            entries = cast(Table, LedgerEntry.__table__)
+            datasets = cast(Table, Dataset.__table__)
+            inserted = session.execute(
+                insert(entries)
                 .values(
                     dataset_id=dataset.id,
                     run_id=run.id,
@@ -156,12 +183,13 @@ def charge_unit(
                     mechanism=mechanism,
                     actor=locked.principal.actor,
                 )
-                .returning(LedgerEntry.id, LedgerEntry.created_at)
+                .returning(entries.c.id, entries.c.created_at)
             ).one()
+            entry_id, created_at = int(inserted[0]), cast(datetime, inserted[1])
             new = step.budget
             session.execute(
-                update(Dataset)
-                .where(Dataset.id == dataset.id)
+                update(datasets)
+                .where(datasets.c.id == dataset.id)
                 .values(
                     rdp_reserved=new.reserved, rdp_committed=new.committed, alive=list(new.alive)
                 )

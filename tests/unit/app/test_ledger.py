@@ -276,3 +276,11 @@ def test_replay_rebuilds_the_stored_state():
     for kind, cost, planned in log:
         replayed = transitions.replay_entry(replayed, kind, cost, reserved_before=planned)
     assert replayed == state
+
+
+@given(st.integers(min_value=0, max_value=2**200))
+def test_floats_out_of_quanta_are_the_tightest_bounds(n):
+    up, down = quanta.float_up(n), quanta.float_down(n)
+    assert Fraction(down) <= Fraction(n, SCALE) <= Fraction(up)
+    assert Fraction(math.nextafter(up, -math.inf)) < Fraction(n, SCALE) or up == 0.0
+    assert Fraction(math.nextafter(down, math.inf)) > Fraction(n, SCALE)
