@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.deps import BearerTokenDep, PrincipalDep, SessionDep, SettingsDep
+from app.api.deps import (
+    BearerTokenDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    get_session_factory,
+)
 from app.schemas import (
     AdmissionPreview,
     AuditCreate,
@@ -99,20 +107,29 @@ def get_run_statement(
     return statement.get_statement(session, run_id, principal, records_per_user=records_per_user)
 
 
+def _charge(
+    factory: sessionmaker[Session], run_id: int, unit: int, token: str | None
+) -> EpochChargeRead:
+    with factory() as session:
+        return charging.charge_unit(session, run_id, unit, token)
+
+
 @router.post("/{run_id}/epochs", responses=_CONFLICT)
-def charge_epoch(
-    run_id: RunId, body: EpochCharge, session: SessionDep, token: BearerTokenDep
+async def charge_epoch(
+    run_id: RunId, body: EpochCharge, request: Request, token: BearerTokenDep
 ) -> EpochChargeRead:
     """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
-    return charging.charge_unit(session, run_id, body.epoch, token)
+    factory = get_session_factory(request)
+    return await run_in_threadpool(_charge, factory, run_id, body.epoch, token)
 
 
 @router.post("/{run_id}/batches", responses=_CONFLICT)
-def charge_batch(
-    run_id: RunId, body: BatchCharge, session: SessionDep, token: BearerTokenDep
+async def charge_batch(
+    run_id: RunId, body: BatchCharge, request: Request, token: BearerTokenDep
 ) -> BatchChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
-    charged = charging.charge_unit(session, run_id, body.batch, token)
+    factory = get_session_factory(request)
+    charged = await run_in_threadpool(_charge, factory, run_id, body.batch, token)
     return BatchChargeRead(
         run_id=charged.run_id,
         batch=charged.epoch,
