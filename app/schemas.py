@@ -241,6 +241,14 @@ class DpSgdMechanism(Request):
     max_records_per_individual: RecordsPerIndividual = Field(
         default=1, description=_GROUP_DESCRIPTION
     )
+    privacy_unit: Literal["example", "user"] = Field(
+        default="example",
+        description=(
+            "user: user-level DP-SGD (each step samples users at sample_rate and clips each"
+            " sampled user's summed gradient to max_grad_norm); only on a dataset whose"
+            " privacy_unit is user, as dp_fedavg."
+        ),
+    )
 
 
 class PateMechanism(Request):

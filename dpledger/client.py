@@ -419,9 +419,11 @@ class DpSgd:
     decay_rate: float = 0.0
     max_grad_norm: float | None = None
     max_records_per_individual: int = 1
+    privacy_unit: Literal["example", "user"] = "example"
 
     def to_json(self) -> dict[str, Any]:
-        """Return the ``mechanism`` object of ``POST /v1/runs`` (K sent only when K > 1)."""
+        """Return the ``mechanism`` object of ``POST /v1/runs`` (K sent only when K > 1, the
+        privacy unit only when it is the user)."""
         body: dict[str, Any] = {
             "kind": "dp_sgd",
             "sample_rate": self.sample_rate,
@@ -438,6 +440,8 @@ class DpSgd:
             body["max_grad_norm"] = self.max_grad_norm
         if self.max_records_per_individual != 1:
             body["max_records_per_individual"] = self.max_records_per_individual
+        if self.privacy_unit != "example":
+            body["privacy_unit"] = self.privacy_unit
         return body
 
 

@@ -55,6 +55,7 @@ def plan_mechanism(plan: RunPlan) -> DpSgd:
         decay_rate=plan.schedule.decay_rate,
         max_grad_norm=plan.max_grad_norm,
         max_records_per_individual=plan.group_size,
+        privacy_unit="user" if plan.privacy_unit == "user" else "example",
     )
 
 

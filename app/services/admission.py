@@ -137,7 +137,11 @@ def admit_run(
             return earlier
     mechanism = body.resolved_mechanism()
     with read_transaction(session):  # the unit is fixed at creation: no lock needed
-        check_privacy_unit(find_dataset(session, body.dataset), mechanism.kind)
+        check_privacy_unit(
+            find_dataset(session, body.dataset),
+            mechanism.kind,
+            getattr(mechanism, "privacy_unit", "example"),
+        )
     if isinstance(mechanism, ApproxDpRelease):
         return admit_approx_release(
             session, body, mechanism, principal, dry_run=dry_run, idempotency_key=key

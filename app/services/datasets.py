@@ -217,14 +217,16 @@ def privacy_unit_of(dataset: Dataset) -> PrivacyUnit:
 _USER_LEVEL_KINDS = frozenset({"dp_fedavg"})
 
 
-def check_privacy_unit(dataset: Dataset, kind: str) -> None:
+def check_privacy_unit(dataset: Dataset, kind: str, run_unit: str = "example") -> None:
     """Refuse a run whose mechanism protects another unit than the dataset declares (409).
 
-    DP-FedAvg bounds what one *user* (all their records) changes; DP-SGD, PATE and releases
-    bound one *example*. Composing the two on one budget would state neither guarantee, so a
-    dataset holds runs of one unit only.
+    DP-FedAvg, and DP-SGD with ``privacy_unit="user"`` (per-user clipping, user-level
+    sampling), bound what one *user* (all their records) changes; other DP-SGD runs, PATE and
+    releases bound one *example*. Composing the two on one budget would state neither guarantee,
+    so a dataset holds runs of one unit only.
     """
-    wanted: PrivacyUnit = "user" if kind in _USER_LEVEL_KINDS else "example"
+    user_level = kind in _USER_LEVEL_KINDS or run_unit == "user"
+    wanted: PrivacyUnit = "user" if user_level else "example"
     unit = privacy_unit_of(dataset)
     if wanted != unit:
         raise PrivacyUnitMismatchError(

@@ -50,6 +50,8 @@ class RunPlan:
         name: A human-readable run name.
         group_size: K, the most records one individual holds (``--max-records-per-individual``);
             a ledger charges the group-privacy cost for K (1: per record).
+        privacy_unit: ``"user"`` when the loop samples users and clips each user's summed
+            gradient (``user_index``): the run is then charged to a user-level dataset.
     """
 
     sample_rate: float
@@ -60,6 +62,7 @@ class RunPlan:
     delta: float
     name: str = "dp-sgd"
     group_size: int = 1
+    privacy_unit: str = "example"
 
     def __post_init__(self) -> None:
         probability("sample_rate", self.sample_rate)
@@ -104,6 +107,7 @@ class RunPlan:
             "delta": self.delta,
             "name": self.name,
             "group_size": self.group_size,
+            "privacy_unit": self.privacy_unit,
         }
 
     @classmethod

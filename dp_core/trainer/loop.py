@@ -307,6 +307,7 @@ class DPTrainer:
             delta=open_probability("delta", delta),
             name=name,
             group_size=self.group_size,
+            privacy_unit="example" if self.users is None else "user",
         )
         self.gate: BudgetGate = gate if gate is not None else _NoBudgetGate()
         self.max_physical_batch_size = max_physical_batch_size

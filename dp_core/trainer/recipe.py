@@ -232,17 +232,12 @@ def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
 def _user_ids(config: TrainConfig, records: int) -> torch.Tensor | None:
     """The user id of each training record (``--user-index``: .npy or one integer per line).
 
-    User-level training is local only for now: the ledger cannot yet check that a dataset's unit
-    is the user, and charging a user-level run to a dataset of examples would not be sound (one
-    record removed from a user changes that user's clipped sum by up to 2C).
+    With ``--service`` the run is registered as user-level DP-SGD, which the ledger admits only
+    on a dataset whose privacy unit is the user (a dataset of examples refuses it: one record
+    removed from a user changes that user's clipped sum by up to 2C).
     """
     if config.user_index is None:
         return None
-    if config.service is not None:
-        raise InvalidParameterError(
-            "user_index", config.user_index,
-            "is for local runs until the ledger knows the dataset's privacy unit",
-        )  # fmt: skip
     path = config.user_index
     ids = np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
     if ids.ndim != 1 or ids.shape[0] != records or not np.issubdtype(ids.dtype, np.integer):

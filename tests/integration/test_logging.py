@@ -36,6 +36,7 @@ DECISION_FIELDS = {
     "steps_per_epoch",
     "max_grad_norm",
     "max_records_per_individual",
+    "privacy_unit",
     "epochs",
     "noise",
     "reservation",

@@ -153,13 +153,49 @@ def test_cli_trains_at_the_user_level_from_a_user_index_file(tmp_path):
     assert summary["epsilon"] == pytest.approx(expected.epsilon, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("extra", "word"),
-    [(["--service", "http://x", "--token", "t", "--dataset", "d"], "privacy unit"),
-     ([], "one integer user id per training record")],
-)  # fmt: skip
-def test_cli_refuses_user_level_with_the_service_or_a_wrong_length(tmp_path, extra, word):
+def test_cli_refuses_a_user_index_of_the_wrong_length(tmp_path):
     path = tmp_path / "users.txt"
     path.write_text("1\n2\n3\n")
-    result = _cli("--epochs", "1", "--noise-multiplier", "1.0", "--user-index", str(path), *extra)
-    assert result.exit_code == 2 and word in result.stderr
+    result = _cli("--epochs", "1", "--noise-multiplier", "1.0", "--user-index", str(path))
+    assert result.exit_code == 2 and "one integer user id per training record" in result.stderr
+
+
+def test_a_user_level_run_is_charged_to_a_user_dataset_and_refused_by_a_dataset_of_examples(
+    tmp_path,
+):
+    from dp_core.trainer.errors import LedgerError
+    from dpledger.gate import HttpBudgetGate
+    from tests.unit.dpledger.app_client import running_app
+
+    x, y = _data(120)
+    users = torch.arange(40).repeat_interleave(3)
+    with running_app(tmp_path) as ledger, ledger.client() as admin:
+        admin.create_dataset(
+            name="clinics", target_epsilon=8.0, target_delta=1e-5, privacy_unit="user"
+        )
+        admin.create_dataset(name="rows", target_epsilon=8.0, target_delta=1e-5)
+        for dataset in ("clinics", "rows"):
+            model = _model()
+            trainer = make_private(
+                model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                dataset=TensorDataset(x, y), loss_fn=F.cross_entropy, max_grad_norm=C,
+                epochs=2, expected_batch_size=10, noise_multiplier=1.0, seed=0, user_index=users,
+                gate=HttpBudgetGate(dataset=dataset, client=ledger.client()),
+            )  # fmt: skip
+            if dataset == "rows":
+                before = [p.detach().clone() for p in model.parameters()]
+                with pytest.raises(LedgerError, match="privacy_unit_mismatch"):
+                    trainer.fit()
+                assert all(
+                    torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True)
+                )
+                assert admin.get_budget("rows").runs == []
+                continue
+            result = trainer.fit()
+            assert result.epochs_completed == 2
+            (run,) = admin.get_budget("clinics").runs
+            assert run.epochs_charged == 2
+            assert admin.get_run(run.id).mechanism["privacy_unit"] == "user"
+            # The same mechanism on the dataset's coarser grid of orders: never below the
+            # trainer's epsilon (dp_core's finer grid may only lower it), and close to it.
+            assert result.epsilon <= run.epsilon_run <= 1.1 * result.epsilon
