@@ -359,8 +359,8 @@ def compute_epsilon(
     )
 
 
-#: The most FFT points the accountant endpoint's PLD may use (about 0.3 s of CPU).
-PLD_MAX_FFT_POINTS = 1 << 23
+#: The most FFT points the accountant endpoint's PLD may use (about 0.5 s of CPU on 2 cores).
+PLD_MAX_FFT_POINTS = 1 << 21
 
 
 def _bounded_pld(body: EpsilonRequest) -> float | None:

@@ -41,9 +41,9 @@ from dp_core.statement import (
     render_privacy_statement,
 )
 
-#: The most FFT points one PLD composition may use (about 0.3 s of CPU); beyond it the grid is
+#: The most FFT points one PLD composition may use (about 0.5 s of CPU on 2 cores); beyond it the grid is
 #: coarsened, and beyond that the PLD epsilon is null (the RDP numbers stand alone).
-MAX_FFT_POINTS = 1 << 23
+MAX_FFT_POINTS = 1 << 21
 #: The most records per user a statement computes group privacy for (the cost grows with K).
 MAX_RECORDS_PER_USER = 64
 #: The most DP-SGD steps a statement accounts (the RDP of a decaying schedule is per step).
