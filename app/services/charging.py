@@ -1,8 +1,9 @@
 """Charging units (epochs, PATE batches) and finishing runs.
 
 A charge is one short transaction: one statement authenticates the caller, locks the dataset
-row, reads the run with its per-unit costs (fixed at admission) and its last charged unit; then
-one INSERT writes the ledger entry, one UPDATE the dataset's budget state, and the commit. No
+row, reads the run and its last charged unit (the run's per-unit costs, fixed at admission, are
+read once per process); then one statement writes the ledger entry and the dataset's budget state
+(an INSERT and an UPDATE on SQLite), and the commit. No
 accounting math happens under the lock: :func:`app.ledger.transitions.charge` only adds integers.
 """
 
@@ -13,7 +14,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, func, insert, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_transaction
@@ -22,7 +23,7 @@ from app.ledger import quanta, transitions
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind
-from app.models import ApiToken, Dataset, LedgerEntry, Run
+from app.models import ApiToken, Dataset, LedgerEntry, Run, utc_now
 from app.observability import AdmissionLog, log_charge
 from app.schemas import EpochChargeRead, MechanismKind, RunRead, RunStatus
 from app.services.accounting import epsilon_of_rdp
@@ -41,37 +42,75 @@ from app.services.tokens import authenticate, principal_of
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """What a charge needs of a run beyond its lock row; fixed at admission, so cacheable."""
+
+    spec: ChargeSpec | None  # None for a black-box release (it has no RDP mechanism)
+    costs: UnitCosts
+    stored_spec: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class _Locked:
-    run: Run
-    dataset: Dataset
+    run: Run  # transient: the columns a charge reads (status, kind, name), not session-bound
+    dataset: Dataset  # transient: the budget columns, read under the lock
     principal: Principal
     charged: int
 
 
+_RUNS = cast(Table, Run.__table__)
+_DATASETS = cast(Table, Dataset.__table__)
+_TOKENS = cast(Table, ApiToken.__table__)
+_ENTRIES = cast(Table, LedgerEntry.__table__)
+
+#: The columns a charge reads under the lock: the run's identity and status, the dataset's budget
+#: state, the caller's token. Fewer columns than whole rows: less to send, decode and build.
+_RUN_COLUMNS = ("id", "dataset_id", "name", "kind", "reservation", "status", "created_at")
+_DATASET_COLUMNS = (
+    "id",
+    "name",
+    "target_epsilon",
+    "target_delta",
+    "approx_epsilon",
+    "approx_delta",
+    "orders",
+    "capacity",
+    "rdp_reserved",
+    "rdp_committed",
+    "alive",
+)
+_TOKEN_COLUMNS = ("id", "name", "role", "datasets")
+
+
 def _lock_statement(*, with_token: bool) -> Select[Any]:
     """Build once: run + dataset (+ the caller's live token) + last charged unit, FOR UPDATE OF
-    datasets. Built at import, so a charge pays no statement construction."""
-    charges = aliased(LedgerEntry)
+    datasets. Core columns, not ORM entities: a charge builds no statement and loads no objects."""
     last = (
-        select(func.max(charges.epoch))
-        .where(charges.run_id == Run.id, charges.kind == EntryKind.charge.value)
+        select(func.max(_ENTRIES.c.epoch))
+        .where(_ENTRIES.c.run_id == _RUNS.c.id, _ENTRIES.c.kind == EntryKind.charge.value)
         .scalar_subquery()
     )
-    query = select(Run, Dataset, last).join(Dataset, Run.dataset_id == Dataset.id)
+    columns = [_RUNS.c[name].label(f"run_{name}") for name in _RUN_COLUMNS]
+    columns += [_DATASETS.c[name].label(f"dataset_{name}") for name in _DATASET_COLUMNS]
+    columns.append(last.label("last_unit"))
+    query = select(*columns).join(_DATASETS, _RUNS.c.dataset_id == _DATASETS.c.id)
     if with_token:
-        query = query.add_columns(ApiToken).join(
-            ApiToken,
-            (ApiToken.token_hash == bindparam("token_hash")) & ApiToken.revoked_at.is_(None),
+        query = query.add_columns(
+            *(_TOKENS.c[name].label(f"token_{name}") for name in _TOKEN_COLUMNS)
+        ).join(
+            _TOKENS,
+            (_TOKENS.c.token_hash == bindparam("token_hash")) & _TOKENS.c.revoked_at.is_(None),
         )
-    return (
-        query.where(Run.id == bindparam("run_id"))
-        .with_for_update(of=Dataset)
-        .execution_options(populate_existing=True)
-    )
+    return query.where(_RUNS.c.id == bindparam("run_id")).with_for_update(of=_DATASETS)
 
 
 _LOCK_WITH_TOKEN = _lock_statement(with_token=True)
 _LOCK = _lock_statement(with_token=False)
+
+
+def _fields(row: Any, prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
+    mapping = row._mapping
+    return {name: mapping[f"{prefix}_{name}"] for name in names}
 
 
 def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | None) -> _Locked:
@@ -82,20 +121,26 @@ def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | No
     """
     if caller is None or caller == "":
         authenticate(session, None)  # raises 401
+    connection = session.connection()
     if isinstance(caller, str):
         params = {"run_id": run_id, "token_hash": hash_token(caller)}
-        row = session.execute(_LOCK_WITH_TOKEN, params).first()
+        row = connection.execute(_LOCK_WITH_TOKEN, params).first()
     else:
-        row = session.execute(_LOCK, {"run_id": run_id}).first()
+        row = connection.execute(_LOCK, {"run_id": run_id}).first()
     if row is None:
         if isinstance(caller, str):
             authenticate(session, caller)  # 401 for an unknown token, else the run is missing
         raise NotFoundError(f"no run {run_id}")
-    fields: tuple[Any, ...] = tuple(row)
-    run, dataset, last = fields[0], fields[1], fields[2]
-    principal = principal_of(fields[3]) if isinstance(caller, str) else caller
+    principal = (
+        principal_of(ApiToken(**_fields(row, "token", _TOKEN_COLUMNS)))
+        if isinstance(caller, str)
+        else caller
+    )
     assert isinstance(principal, Principal)
+    dataset = Dataset(**_fields(row, "dataset", _DATASET_COLUMNS))
     principal.require_dataset_write(dataset.name)
+    run = Run(**_fields(row, "run", _RUN_COLUMNS))
+    last = row._mapping["last_unit"]
     return _Locked(run, dataset, principal, 0 if last is None else int(last) + 1)
 
 
@@ -123,25 +168,75 @@ def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) ->
     )
 
 
-#: Plans of recently charged runs: (stored spec, stored costs) -> parsed plan and costs. A run's
-#: spec and costs never change after admission; the stored values are compared on every use, so
-#: a stale entry can never be served. Cleared when full (bounded memory).
-_PLANS: dict[int, tuple[Any, Any, ChargeSpec | None, UnitCosts]] = {}
+#: Plans of recently charged runs, keyed by (database, run id, creation time, name). A run's spec
+#: and costs never change after admission and runs are never deleted, so within one database the
+#: key names one run forever; the database URL and the creation time keep a run of another
+#: database (tests make many) from being served. Cleared when full (bounded memory).
+_PlanKey = tuple[str, int, datetime, str]
+_PLANS: dict[_PlanKey, _Plan] = {}
 _PLANS_MAX = 4096
 
 
-def _plan_of(run: Run, orders: list[float]) -> tuple[ChargeSpec | None, UnitCosts]:
-    """Return the run's plan (None for a black-box release: it has no RDP mechanism) and costs."""
-    cached = _PLANS.get(run.id)
-    if cached is not None and cached[0] == run.spec and cached[1] == run.costs:
-        return cached[2], cached[3]
-    black_box = run.kind == MechanismKind.approx_dp_release.value
-    spec = None if black_box else run_spec(run)
-    costs = run_costs(run, orders)
+def _plan_of(session: Session, run: Run, orders: list[float]) -> _Plan:
+    """Return the run's plan and per-unit costs (read and parsed once per run and process)."""
+    key = (str(session.connection().engine.url), run.id, run.created_at, run.name)
+    cached = _PLANS.get(key)
+    if cached is not None:
+        return cached
+    stored = session.get_one(Run, run.id)
+    black_box = stored.kind == MechanismKind.approx_dp_release.value
+    plan = _Plan(
+        spec=None if black_box else run_spec(stored),
+        costs=run_costs(stored, orders),
+        stored_spec=stored.spec,
+    )
     if len(_PLANS) >= _PLANS_MAX:
         _PLANS.clear()
-    _PLANS[run.id] = (run.spec, run.costs, spec, costs)
-    return spec, costs
+    _PLANS[key] = plan
+    return plan
+
+
+_INSERT_ENTRY = (
+    insert(_ENTRIES)
+    .values(
+        dataset_id=bindparam("p_dataset_id"),
+        run_id=bindparam("p_run_id"),
+        kind=EntryKind.charge.value,
+        epoch=bindparam("p_unit"),
+        rdp=bindparam("p_rdp", type_=_ENTRIES.c.rdp.type),
+        mechanism=bindparam("p_mechanism", type_=_ENTRIES.c.mechanism.type),
+        created_at=bindparam("p_created_at", type_=_ENTRIES.c.created_at.type),
+        actor=bindparam("p_actor"),
+    )
+    .returning(_ENTRIES.c.id, _ENTRIES.c.created_at)
+)
+_UPDATE_STATE = (
+    update(_DATASETS)
+    .where(_DATASETS.c.id == bindparam("p_dataset_id"))
+    .values(
+        rdp_reserved=bindparam("p_reserved", type_=_DATASETS.c.rdp_reserved.type),
+        rdp_committed=bindparam("p_committed", type_=_DATASETS.c.rdp_committed.type),
+        alive=bindparam("p_alive", type_=_DATASETS.c.alive.type),
+    )
+)
+#: PostgreSQL: the entry and the new state in one statement (data-modifying CTEs run exactly
+#: once, in the statement's snapshot; the dataset row is already locked by this transaction).
+_INSERTED = _INSERT_ENTRY.cte("inserted")
+_WRITE_CHARGE = select(_INSERTED.c.id, _INSERTED.c.created_at).add_cte(
+    _UPDATE_STATE.returning(_DATASETS.c.id).cte("updated")
+)
+
+
+def _write_charge(session: Session, params: dict[str, Any]) -> tuple[int, datetime]:
+    """Insert the charge's ledger entry and store the new budget state: one round trip on
+    PostgreSQL, two on SQLite (which has no data-modifying CTEs)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        row = connection.execute(_WRITE_CHARGE, params).one()
+    else:
+        row = connection.execute(_INSERT_ENTRY, params).one()
+        connection.execute(_UPDATE_STATE, params)
+    return int(row[0]), cast(datetime, row[1])
 
 
 def charge_unit(
@@ -156,48 +251,38 @@ def charge_unit(
     with write_transaction(session):
         locked = _lock_for_charge(session, run_id, caller)
         run, dataset = locked.run, locked.dataset
-        spec, costs = _plan_of(run, list(dataset.orders))
+        plan = _plan_of(session, run, list(dataset.orders))
         state = budget_state(dataset)
-        step = transitions.charge(state, run_state(run, costs, locked.charged), unit)
+        step = transitions.charge(state, run_state(run, plan.costs, locked.charged), unit)
         if step.refused:
             assert step.admission is not None
             refusal = step.admission
         elif not step.entries:
-            return _existing(session, locked, unit, costs)
+            return _existing(session, locked, unit, plan.costs)
         else:
             refusal = None
             entry = step.entries[0]
-            assert spec is not None  # a black-box release is charged once, at admission
-            mechanism = entry_mechanism(spec, entry)
-            # Core statements on the tables (no ORM bulk-persistence layer on the hot path).
-            entries = cast(Table, LedgerEntry.__table__)
-            datasets = cast(Table, Dataset.__table__)
-            inserted = session.execute(
-                insert(entries)
-                .values(
-                    dataset_id=dataset.id,
-                    run_id=run.id,
-                    kind=EntryKind.charge.value,
-                    epoch=unit,
-                    rdp=entry.cost,
-                    mechanism=mechanism,
-                    actor=locked.principal.actor,
-                )
-                .returning(entries.c.id, entries.c.created_at)
-            ).one()
-            entry_id, created_at = int(inserted[0]), cast(datetime, inserted[1])
+            assert plan.spec is not None  # a black-box release is charged once, at admission
             new = step.budget
-            session.execute(
-                update(datasets)
-                .where(datasets.c.id == dataset.id)
-                .values(
-                    rdp_reserved=new.reserved, rdp_committed=new.committed, alive=list(new.alive)
-                )
+            entry_id, created_at = _write_charge(
+                session,
+                {
+                    "p_dataset_id": dataset.id,
+                    "p_run_id": run.id,
+                    "p_unit": unit,
+                    "p_rdp": entry.cost,
+                    "p_mechanism": entry_mechanism(plan.spec, entry),
+                    "p_created_at": utc_now(),
+                    "p_actor": locked.principal.actor,
+                    "p_reserved": new.reserved,
+                    "p_committed": new.committed,
+                    "p_alive": list(new.alive),
+                },
             )
     if refusal is not None:
         AdmissionLog(
             run_name=run.name,
-            inputs={**(run.spec or {}), "reservation": run.reservation, "epoch": unit},
+            inputs={**(plan.stored_spec or {}), "reservation": run.reservation, "epoch": unit},
             actor=locked.principal.actor,
             dry_run=False,
         ).log_decision(
@@ -216,7 +301,7 @@ def charge_unit(
         epoch=unit,
         ledger_entry_id=entry_id,
         created_at=created_at,
-        epsilon_run=_epsilon_run(dataset, costs, unit + 1),
+        epsilon_run=_epsilon_run(dataset, plan.costs, unit + 1),
     )
 
 
