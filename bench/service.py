@@ -9,8 +9,8 @@ by side:
    the same clients on ``/livez``; goal: charge throughput >= 0.5x the no-op throughput;
 3. the worst requests the default limits allow (issue 11), each timed once: goal < 1 s.
 
-Every charge is one transaction (authenticate + lock + read the run in one statement, insert,
-update, commit). Client and server share the machine's cores. The load generator speaks raw
+Every charge is one transaction: authenticate + lock + read the run in one statement, then the
+ledger entry and the new budget state in one statement (a data-modifying CTE), then the commit. Client and server share the machine's cores. The load generator speaks raw
 async httpx on purpose (many concurrent requests); applications use dpledger.client.
 
 Usage: DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/dpledger_test \\
