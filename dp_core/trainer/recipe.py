@@ -252,12 +252,10 @@ def _class_sampling(
     """``--class-sample-rates`` parsed against the training labels (None without it)."""
     if config.class_sample_rates is None:
         return None
-    for name, value in (
-        ("user_index", config.user_index),
-        ("distributed", config.distributed or None),
-    ):
-        if value is not None:
-            raise InvalidParameterError(name, value, "is not supported with --class-sample-rates")
+    if config.user_index is not None:  # (distributed is refused before joining a group)
+        raise InvalidParameterError(
+            "user_index", config.user_index, "is not supported with --class-sample-rates"
+        )
     return parse_class_sample_rates(
         config.class_sample_rates, labels=labels, num_classes=num_classes,
         batch_size=config.batch_size,
@@ -361,6 +359,10 @@ def run_training(
     summary.
     """
     distributed = launched_distributed(config)
+    if distributed and config.class_sample_rates is not None:  # before joining any group
+        raise InvalidParameterError(
+            "distributed", True, "is not supported with --class-sample-rates"
+        )
     owns_group = distributed and _join_group()
     try:
         return _train(

@@ -234,6 +234,7 @@ def _run(*args):
         (["--class-sample-rates", RATES.replace("8:0.3", "8:1.2")], "(0, 1]"),
         (["--class-sample-rates", RATES, "--batch-size", "64"], "batch_size"),
         (["--class-sample-rates", RATES, "--tune"], "not supported with --tune"),
+        (["--class-sample-rates", RATES, "--distributed"], "not supported with --class-sample"),
     ],
 )
 def test_bad_class_rates_exit_2_with_one_line(args, word):
@@ -272,3 +273,15 @@ def test_cli_balanced_rates_declare_the_class_counts_public():
     assert rates["expected_batch_size"] == pytest.approx(100.0)
     assert summary["statement"]["class_counts_public"] is True
     assert "DECLARED PUBLIC" in summary["statement"]["text"]
+
+
+def test_target_epsilon_calibrates_the_guarantee_at_the_largest_rate():
+    result = _run("--epochs", "2", "--target-epsilon", "3", "--class-sample-rates", RATES)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["sample_rate"] == 0.3
+    assert 2.9 < summary["epsilon"] == max(summary["epsilon_per_class"]) <= 3.0
+    # The guarantee is dp_core's epsilon at q_max over the run's steps (not over ceil(1/q_max)).
+    ref = dp_core.compute_epsilon(sample_rate=0.3, noise_multiplier=summary["noise_multiplier"],
+                                  steps=2 * summary["steps_per_epoch"], delta=1e-5)  # fmt: skip
+    assert summary["epsilon"] == pytest.approx(ref.epsilon, rel=1e-9)
