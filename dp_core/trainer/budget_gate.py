@@ -52,6 +52,9 @@ class RunPlan:
             a ledger charges the group-privacy cost for K (1: per record).
         privacy_unit: ``"user"`` when the loop samples users and clips each user's summed
             gradient (``user_index``): the run is then charged to a user-level dataset.
+        class_sample_rates: Per-class Poisson rates q_c (by class), when the loop samples each
+            class at its own rate (:mod:`dp_core.trainer.class_sampling`); ``sample_rate`` is
+            then their maximum, the rate the run is accounted and charged at.
     """
 
     sample_rate: float
@@ -63,9 +66,17 @@ class RunPlan:
     name: str = "dp-sgd"
     group_size: int = 1
     privacy_unit: str = "example"
+    class_sample_rates: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         probability("sample_rate", self.sample_rate)
+        if self.class_sample_rates is not None:
+            rates = tuple(probability("class_sample_rates", q) for q in self.class_sample_rates)
+            if not rates or max(rates) != self.sample_rate:
+                raise InvalidParameterError(
+                    "sample_rate", self.sample_rate, "must be the largest of class_sample_rates"
+                )
+            object.__setattr__(self, "class_sample_rates", rates)
         non_negative_int("steps_per_epoch", self.steps_per_epoch)
         non_negative_int("epochs", self.epochs)
         positive_float("max_grad_norm", self.max_grad_norm)
@@ -98,7 +109,9 @@ class RunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description (stored in checkpoints)."""
+        rates = self.class_sample_rates
         return {
+            **({} if rates is None else {"class_sample_rates": list(rates)}),
             "sample_rate": self.sample_rate,
             "steps_per_epoch": self.steps_per_epoch,
             "epochs": self.epochs,
@@ -113,7 +126,14 @@ class RunPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunPlan:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{**data, "schedule": NoiseSchedule.from_dict(data["schedule"])})
+        rates = data.get("class_sample_rates")
+        return cls(
+            **{
+                **data,
+                "schedule": NoiseSchedule.from_dict(data["schedule"]),
+                "class_sample_rates": None if rates is None else tuple(rates),
+            }
+        )
 
 
 @dataclass(frozen=True)

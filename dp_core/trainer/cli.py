@@ -203,6 +203,18 @@ def train(
             "example weighted, then clipped), the DP-safe alternative to SMOTE/oversampling."
         ),
     ] = None,
+    class_sample_rates: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-class Poisson sampling, DP-friendly rebalancing: 'CLASS:q,...' (every "
+            "class, each q in (0,1], fixed without looking at the data) or 'balanced' (q_c = "
+            "batch-size/(K n_c) from the training data's class counts, which are then DECLARED "
+            "PUBLIC). A record of class c joins each step with probability q_c and gets the "
+            "epsilon of q_c ('epsilon_per_class'); the run's guarantee, and the ledger's charge, "
+            "is the one at max q_c. Expected batch sum_c q_c n_c (explicit rates replace "
+            "--batch-size); an epoch is ceil(N / that) steps.",
+        ),
+    ] = None,
     run_name: Annotated[
         str | None,
         typer.Option(
@@ -280,6 +292,7 @@ def train(
     """
     from dp_core.trainer.recipe import TrainConfig
 
+    _check_batch_size_with_class_rates(ctx, class_sample_rates, batch_size)
     config = TrainConfig(
         data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, max_grad_norm=max_grad_norm,
@@ -289,7 +302,7 @@ def train(
         adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
         distributed=distributed, run_name=run_name,
         max_records_per_individual=max_records_per_individual, class_weights=class_weights,
-        user_index=user_index,
+        user_index=user_index, class_sample_rates=class_sample_rates,
     )  # fmt: skip
     if tune:
         grid = _tune_config(config, tune_lrs, tune_noise, tune_distribution,
@@ -309,6 +322,24 @@ def train(
         raise SystemExit(int(ExitCode.REFUSED))
     sys.stdout.write(json.dumps(summary) + "\n")
     raise _refusal(summary)
+
+
+def _check_batch_size_with_class_rates(
+    ctx: typer.Context, class_sample_rates: str | None, batch_size: int
+) -> None:
+    """Refuse --batch-size given with explicit per-class rates (they set the expected batch)."""
+    from click.core import ParameterSource
+
+    from dp_core.errors import InvalidParameterError
+
+    if class_sample_rates is None or class_sample_rates.strip() == "balanced":
+        return
+    if ctx.get_parameter_source("batch_size") not in (ParameterSource.DEFAULT, None):
+        raise InvalidParameterError(
+            "batch_size",
+            batch_size,
+            "is set by explicit --class-sample-rates (expected batch sum_c q_c n_c): drop it",
+        )
 
 
 def _floats(name: str, text: str) -> tuple[float, ...]:

@@ -10,7 +10,8 @@ statement about one *individual* only when each individual contributes one examp
 * **Resampled data** (SMOTE, random oversampling) is refused outright: a synthetic SMOTE point
   interpolates two real records, and an oversampled record appears several times, so one
   individual influences an unknown number of training examples and no K is known. Class
-  weights in the loss (:func:`class_weighted_loss`) rebalance without touching the records.
+  weights in the loss (:func:`class_weighted_loss`) rebalance without touching the records, and
+  so do per-class sampling rates (:mod:`dp_core.trainer.class_sampling`).
 
 A dataset is flagged as resampled by an ``oversampled = True`` attribute (on the dataset or on
 any of its tensors), or when its type comes from imbalanced-learn (``imblearn``) - detected by
@@ -56,8 +57,10 @@ SMOTE_MESSAGE = (
     "the training data is marked as resampled (oversampled=True or an imbalanced-learn sampler): "
     "SMOTE interpolates synthetic points between real records and oversampling repeats records, "
     "so one person influences several training examples and DP-SGD's per-record epsilon no "
-    "longer holds for them; train on the original records and rebalance with a class-weighted "
-    "loss instead (--class-weights balanced, or explicit weights), which keeps the guarantee"
+    "longer holds for them; train on the original records and rebalance instead with a "
+    "class-weighted loss (--class-weights balanced, or explicit weights), which keeps the "
+    "guarantee, or with per-class Poisson sampling rates (--class-sample-rates CLASS:q,...), "
+    "accounted per class: a record of class c gets the epsilon of q_c, the run that of max q_c"
 )
 
 

@@ -23,7 +23,7 @@ Two shapes of use, as Opacus users know them::
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,12 @@ from dp_core.trainer.adaptive_clipping import (
 from dp_core.trainer.bookkeeping import BookkeepingEngine, supports
 from dp_core.trainer.budget_gate import BudgetGate, GateDecision, RunPlan
 from dp_core.trainer.checkpoint import load_checkpoint, save_checkpoint
+from dp_core.trainer.class_sampling import (
+    ClassSampling,
+    class_counts,
+    class_poisson_batch,
+    dataset_labels,
+)
 from dp_core.trainer.clipping import (
     MICROBATCH_SENSITIVITY,
     FuncEngine,
@@ -234,6 +240,7 @@ class DPTrainer:
         dataset_is_shard: bool = False,
         max_records_per_individual: int | None = None,
         user_index: Tensor | None = None,
+        class_sample_rates: Sequence[float] | None = None,
     ) -> None:
         """Wrap a model and optimizer for DP-SGD (see the module docstring for an example).
 
@@ -274,6 +281,13 @@ class DPTrainer:
                 :mod:`dp_core.trainer.user_level`): users are Poisson-sampled, each sampled user's
                 summed gradient is clipped to C, and ``sample_rate``/``expected_batch_size``
                 count users; epsilon is then per user. Only for datasets whose unit is the user.
+            class_sample_rates: q_c for each class c (indexed by label): each record of class c
+                joins each step with probability q_c (:mod:`dp_core.trainer.class_sampling`).
+                Give neither ``expected_batch_size`` nor ``sample_rate``: the expected batch is
+                sum_c q_c n_c, an epoch ceil(N / that) steps, and the run is accounted (and
+                charged) at q_max = max_c q_c; :func:`~dp_core.trainer.class_sampling.
+                epsilon_per_class` gives each class's epsilon. Not with ``user_index`` or
+                distributed.
         """
         check_model_supported(model)
         self.users = None if user_index is None else self._user_index(dataset, user_index)
@@ -297,10 +311,18 @@ class DPTrainer:
             raise InvalidParameterError("user_index", "given", "is not supported distributed")
         # The population sampled: users at the user level, else examples.
         self.population = self.num_examples if self.users is None else self.users.num_users
-        q = _resolve_sample_rate(self.population, expected_batch_size, sample_rate)
+        self.class_sampling: ClassSampling | None = None
+        if class_sample_rates is None:
+            q = _resolve_sample_rate(self.population, expected_batch_size, sample_rate)
+            steps = steps_per_epoch(q)
+        else:
+            self.class_sampling = self._class_sampling(
+                class_sample_rates, expected_batch_size, sample_rate
+            )
+            q, steps = self.class_sampling.max_rate, self.class_sampling.steps_per_epoch
         self.plan = RunPlan(
             sample_rate=q,
-            steps_per_epoch=steps_per_epoch(q),
+            steps_per_epoch=steps,
             epochs=non_negative_int("epochs", epochs),
             schedule=_resolve_schedule(noise_multiplier, schedule),
             max_grad_norm=positive_float("max_grad_norm", max_grad_norm),
@@ -308,6 +330,7 @@ class DPTrainer:
             name=name,
             group_size=self.group_size,
             privacy_unit="example" if self.users is None else "user",
+            class_sample_rates=None if self.class_sampling is None else self.class_sampling.rates,
         )
         self.gate: BudgetGate = gate if gate is not None else _NoBudgetGate()
         self.max_physical_batch_size = max_physical_batch_size
@@ -374,6 +397,26 @@ class DPTrainer:
                 raise InvalidParameterError(name, value, "is not supported with user_index")
         return 1
 
+    def _class_sampling(
+        self,
+        rates: Sequence[float],
+        expected_batch_size: int | None,
+        sample_rate: float | None,
+    ) -> ClassSampling:
+        """Check per-class sampling applies here; keep each record's rate in ``_example_rates``."""
+        for name, value in (("expected_batch_size", expected_batch_size),
+                            ("sample_rate", sample_rate)):  # fmt: skip
+            if value is not None:
+                raise InvalidParameterError(name, value, "is set by class_sample_rates: drop it")
+        if self.users is not None or self.dist is not None:
+            raise InvalidParameterError(
+                "class_sample_rates", "given", "is not supported with user_index or distributed"
+            )
+        labels = dataset_labels(self.dataset)
+        sampling = ClassSampling(tuple(float(q) for q in rates), class_counts(labels, len(rates)))
+        self._example_rates = sampling.example_rates(labels)
+        return sampling
+
     def _partition(self, dataset_is_shard: bool) -> int:
         """Set this rank's examples (``_shard``, ``_local_examples``); return the global N."""
         local = len(self.dataset)  # type: ignore[arg-type]
@@ -424,6 +467,8 @@ class DPTrainer:
         """m: the expected number of clipped units per step (qN, or the number of microbatches)."""
         if self.num_microbatches is not None:
             return float(self.num_microbatches)
+        if self.class_sampling is not None:  # sum_c q_c n_c
+            return self.class_sampling.expected_batch_size
         return self.plan.sample_rate * self.population
 
     def _fetch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -559,11 +604,14 @@ class DPTrainer:
         first = epoch * self.plan.steps_per_epoch
         for step in range(first, first + self.plan.steps_per_epoch):
             # This rank's part of the Poisson sample: its own examples, each kept with rate q.
-            indices = (
-                poisson_batch(self._local_examples, self.plan.sample_rate, self.sampling_rng)
-                if self.users is None
-                else user_poisson_batch(self.users, self.plan.sample_rate, self.sampling_rng)
-            )
+            if self.class_sampling is not None:  # each record kept with its class's rate
+                indices = class_poisson_batch(self._example_rates, self.sampling_rng)
+            elif self.users is None:
+                indices = poisson_batch(
+                    self._local_examples, self.plan.sample_rate, self.sampling_rng
+                )
+            else:
+                indices = user_poisson_batch(self.users, self.plan.sample_rate, self.sampling_rng)
             yield LogicalBatch(step, indices if self._shard is None else self._shard[indices])
 
     def _ask_gate(self, ask: Callable[[BudgetGate], GateDecision]) -> GateDecision:
@@ -765,6 +813,7 @@ def make_private(
     dataset_is_shard: bool = False,
     max_records_per_individual: int | None = None,
     user_index: Tensor | None = None,
+    class_sample_rates: Sequence[float] | None = None,
 ) -> DPTrainer:
     """Wrap ``model`` and ``optimizer`` for DP-SGD (Opacus' ``make_private`` shape).
 
@@ -796,4 +845,5 @@ def make_private(
         dataset_is_shard=dataset_is_shard,
         max_records_per_individual=max_records_per_individual,
         user_index=user_index,
+        class_sample_rates=class_sample_rates,
     )

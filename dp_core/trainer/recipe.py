@@ -32,6 +32,12 @@ from dp_core.trainer.budget_gate import (
     RunPlan,
 )
 from dp_core.trainer.checkpoint import load_checkpoint
+from dp_core.trainer.class_sampling import (
+    BALANCED_NOTE,
+    ClassSampling,
+    epsilon_per_class,
+    parse_class_sample_rates,
+)
 from dp_core.trainer.data import load_data
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
@@ -89,6 +95,7 @@ class TrainConfig:
     class_weights: str | None = None
     run_name: str | None = None
     user_index: str | None = None
+    class_sample_rates: str | None = None
 
 
 def build_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -118,7 +125,13 @@ def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 1024) -> t
     return loss / max(len(y), 1), correct / max(len(y), 1)
 
 
-def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
+def _schedule(
+    config: TrainConfig, sample_rate: float, sampling: ClassSampling | None = None
+) -> NoiseSchedule:
+    """The noise schedule: --noise-multiplier, or calibrated to --target-epsilon at rate q.
+
+    With per-class rates, q is q_max and an epoch is ``sampling.steps_per_epoch`` steps.
+    """
     if (config.noise_multiplier is None) == (config.target_epsilon is None):
         raise InvalidParameterError(
             "noise_multiplier",
@@ -132,7 +145,7 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
             target_epsilon=config.target_epsilon,
             delta=config.delta,
             sample_rate=sample_rate,
-            steps=config.epochs * steps_per_epoch(sample_rate),
+            steps=config.epochs * _steps_per_epoch(sample_rate, sampling),
             group_size=config.max_records_per_individual or 1,
             schedule=config.schedule,
             decay_rate=config.decay_rate,
@@ -143,11 +156,15 @@ def _schedule(config: TrainConfig, sample_rate: float) -> NoiseSchedule:
             target_epsilon=config.target_epsilon,
             delta=config.delta,
             sample_rate=sample_rate,
-            steps=config.epochs * steps_per_epoch(sample_rate),
+            steps=config.epochs * _steps_per_epoch(sample_rate, sampling),
             schedule=config.schedule,
             decay_rate=config.decay_rate,
         ).noise_multiplier
     return NoiseSchedule(kind=config.schedule, noise_multiplier=sigma, decay_rate=config.decay_rate)
+
+
+def _steps_per_epoch(sample_rate: float, sampling: ClassSampling | None) -> int:
+    return steps_per_epoch(sample_rate) if sampling is None else sampling.steps_per_epoch
 
 
 class _NoRemoteGate:
@@ -227,6 +244,37 @@ def _check_group_budget(config: TrainConfig, trainer: DPTrainer) -> None:
             f"group privacy for K={trainer.group_size} makes the plan's epsilon {planned:.3f} > "
             f"budget {budget:g}; raise --noise-multiplier or train fewer epochs",
         )
+
+
+def _class_sampling(
+    config: TrainConfig, labels: torch.Tensor, num_classes: int
+) -> ClassSampling | None:
+    """``--class-sample-rates`` parsed against the training labels (None without it)."""
+    if config.class_sample_rates is None:
+        return None
+    if config.user_index is not None:  # (distributed is refused before joining a group)
+        raise InvalidParameterError(
+            "user_index", config.user_index, "is not supported with --class-sample-rates"
+        )
+    return parse_class_sample_rates(
+        config.class_sample_rates, labels=labels, num_classes=num_classes,
+        batch_size=config.batch_size,
+    )  # fmt: skip
+
+
+def _class_summary(
+    trainer: DPTrainer, sampling: ClassSampling | None, epochs: int
+) -> dict[str, Any]:
+    """The summary's per-class fields (null without per-class rates)."""
+    if sampling is None:
+        return {"class_sample_rates": None, "epsilon_per_class": None}
+    return {
+        "class_sample_rates": {
+            **sampling.to_dict(),
+            "note": BALANCED_NOTE if sampling.from_class_counts else None,
+        },
+        "epsilon_per_class": list(epsilon_per_class(trainer.plan, epochs)),
+    }
 
 
 def _user_ids(config: TrainConfig, records: int) -> torch.Tensor | None:
@@ -311,6 +359,10 @@ def run_training(
     summary.
     """
     distributed = launched_distributed(config)
+    if distributed and config.class_sample_rates is not None:  # before joining any group
+        raise InvalidParameterError(
+            "distributed", True, "is not supported with --class-sample-rates"
+        )
     owns_group = distributed and _join_group()
     try:
         return _train(
@@ -350,7 +402,8 @@ def _train(
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr)
     users = _user_ids(config, len(data.train))
     population = len(data.train) if users is None else int(torch.unique(users).numel())
-    q = config.batch_size / population
+    sampling = _class_sampling(config, data.train.tensors[1], data.num_classes)
+    q = config.batch_size / population if sampling is None else sampling.max_rate
     # With --service the gate sends K (RunPlan.group_size) and the ledger charges group privacy.
     grouped = (config.max_records_per_individual or 1) > 1
     trainer = DPTrainer(
@@ -362,8 +415,9 @@ def _train(
         user_index=users,
         max_grad_norm=config.max_grad_norm,
         epochs=config.epochs,
-        sample_rate=q,
-        schedule=_schedule(config, q),
+        sample_rate=q if sampling is None else None,
+        class_sample_rates=None if sampling is None else sampling.rates,
+        schedule=_schedule(config, q, sampling),
         delta=config.delta,
         gate=gate if gate is not None else _gate(config, remote_gate),
         max_physical_batch_size=config.max_physical_batch_size,
@@ -391,8 +445,9 @@ def _train(
         group_size=trainer.group_size,
     )
     statement = run_statement(
-        trainer.plan, result.epochs_completed, records_per_user=trainer.group_size
-    )
+        trainer.plan, result.epochs_completed, records_per_user=trainer.group_size,
+        rates_from_class_counts=sampling is not None and sampling.from_class_counts,
+    )  # fmt: skip
     return {
         "run_name": trainer.plan.name,
         "epochs_completed": result.epochs_completed,
@@ -405,6 +460,7 @@ def _train(
         "max_records_per_individual": trainer.group_size,
         "privacy_unit": "example" if users is None else "user",
         "class_weights": config.class_weights,
+        **_class_summary(trainer, sampling, result.epochs_completed),
         "delta": result.delta,
         "noise_multiplier": trainer.plan.schedule.noise_multiplier,
         "sample_rate": trainer.plan.sample_rate,

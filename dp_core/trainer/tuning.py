@@ -190,6 +190,7 @@ def check_tunable(config: TrainConfig) -> None:
         "max_records_per_individual": config.max_records_per_individual,
         "distributed": config.distributed or None,
         "user_index": config.user_index,
+        "class_sample_rates": config.class_sample_rates,
     }
     for name, value in refused.items():
         if value is not None:

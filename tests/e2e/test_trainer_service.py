@@ -168,3 +168,19 @@ def test_dpledger_train_reports_a_wrong_token_as_an_error(service):
             dataset="digits-bad-token", name="x",
             mechanism=DpSgd(sample_rate=0.5, epochs=1000, noise_multiplier=0.5),
         )  # fmt: skip
+
+
+def test_per_class_sampling_rates_are_charged_at_the_largest_rate(service):
+    token = _dataset_and_token(service, "digits-classes", target_epsilon=50.0)
+    rates = ",".join(f"{c}:{0.3 if c == 7 else 0.05}" for c in range(10))
+    result = _train_cli(service, token, "digits-classes", "--class-sample-rates", rates)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    (entry,) = service.get_budget("digits-classes").runs
+    run = service.get_run(entry.id)
+    assert (run.status, run.epochs_charged) == ("finished", 2)
+    assert (run.sample_rate, run.steps_per_epoch) == (0.3, summary["steps_per_epoch"])
+    # The ledger's own conversion (its order grid, rounded toward privacy) is at least the run's.
+    assert entry.epsilon_run >= summary["epsilon_rdp"] > sorted(summary["epsilon_per_class"])[-2]
+    assert summary["class_sample_rates"]["limiting_classes"] == [7]
+    assert max(summary["epsilon_per_class"]) == summary["epsilon_per_class"][7]

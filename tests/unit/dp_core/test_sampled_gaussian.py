@@ -104,3 +104,35 @@ def test_laplace_matches_quadrature(b, alpha):
 def test_laplace_tends_to_pure_dp_at_large_orders():
     # D_inf of Laplace with scale b is 1/b (pure (1/b)-DP).
     assert rdp_laplace(noise_scale=2.0, orders=np.array([1e6]))[0] == pytest.approx(0.5, rel=1e-4)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.8, 1.0, 2.0, 5.0])
+def test_rdp_is_nondecreasing_in_the_sampling_rate(sigma):
+    # Per-class sampling rates (dp_core.trainer.class_sampling) charge the run at q_max: this
+    # needs the RDP curve of every order to grow with q. dp_core's values on its whole grid...
+    from dp_core.rdp.orders import DEFAULT_ORDERS
+
+    qs = np.concatenate([np.geomspace(1e-5, 0.5, 40), np.linspace(0.5, 1.0, 11)[1:]])
+    rdp = np.array(
+        [
+            rdp_sampled_gaussian(sample_rate=q, noise_multiplier=sigma, orders=DEFAULT_ORDERS)
+            for q in qs
+        ]
+    )
+    steps = np.diff(rdp, axis=0)
+    assert np.all(steps >= -1e-12 * np.abs(rdp[1:])), np.argwhere(steps < 0)
+    # ...and the independent binomial closed form at integer orders (q < 1), strictly increasing.
+    for alpha in (2, 3, 8, 32):
+        oracle = [rdp_sampled_gaussian_binomial(q, sigma, alpha) for q in qs[:-1]]
+        assert all(a < b for a, b in zip(oracle, oracle[1:], strict=False)), alpha
+
+
+def test_epsilon_is_nondecreasing_in_the_sampling_rate():
+    import dp_core
+
+    qs = [0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
+    eps = [
+        dp_core.compute_epsilon(sample_rate=q, noise_multiplier=1.1, steps=500, delta=1e-5).epsilon
+        for q in qs
+    ]
+    assert all(a < b for a, b in zip(eps, eps[1:], strict=False)), eps

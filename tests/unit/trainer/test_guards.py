@@ -72,6 +72,7 @@ def test_resampled_data_is_refused_with_the_reason():
     with pytest.raises(ResampledDataError, match="class-weights balanced") as info:
         check_training_data(ds, max_records_per_individual=100)
     assert "SMOTE" in str(info.value) and info.value.code == "resampled_data"
+    assert "--class-sample-rates" in str(info.value)  # the other DP-safe way to rebalance
     x, y = _data().tensors
     x.oversampled = True  # the marker on a tensor counts too
     assert is_resampled(TensorDataset(x, y))
