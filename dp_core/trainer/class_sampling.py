@@ -42,7 +42,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from dp_core.errors import InvalidParameterError
 from dp_core.trainer.budget_gate import RunPlan
-from dp_core.trainer.sampling import steps_per_epoch
+from dp_core.trainer.sampling import bernoulli_mask, steps_per_epoch
 
 __all__ = [
     "BALANCED_NOTE",
@@ -117,8 +117,8 @@ class ClassSampling:
         return steps_per_epoch(min(self.expected_batch_size / n, 1.0))
 
     def example_rates(self, labels: Tensor) -> Tensor:
-        """Return each record's inclusion probability q_{y_i} (float32, as the sampler draws)."""
-        return torch.tensor(self.rates, dtype=torch.float32)[labels.long()]
+        """Return each record's inclusion probability q_{y_i} (float64: the rates exactly)."""
+        return torch.tensor(self.rates, dtype=torch.float64)[labels.long()]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: rates, counts, expected batch, steps per epoch, the limiting classes."""
@@ -232,7 +232,7 @@ def class_poisson_batch(example_rates: Tensor, generator: torch.Generator) -> Te
     With every rate equal to q this draws exactly what :func:`~dp_core.trainer.sampling.
     poisson_batch` draws at q (one uniform per record, compared with its rate).
     """
-    mask = torch.rand(example_rates.numel(), generator=generator) < example_rates
+    mask = bernoulli_mask(example_rates, example_rates.numel(), generator)
     return mask.nonzero(as_tuple=True)[0]
 
 

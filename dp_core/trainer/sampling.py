@@ -6,9 +6,16 @@ independently with probability q, so batch sizes are Binomial(N, q): mean qN, va
 qN(1 - q). An empty batch is a valid outcome (that step releases noise only). The physical
 batch cap bounds memory on large logical batches (like Opacus' BatchMemoryManager) without
 changing the mechanism: one noise draw and one optimizer step per logical batch.
+
+Inclusion is drawn toward privacy (:func:`bernoulli_mask`): a float64 uniform on the grid
+k * 2^-53 compared with q rounded down to that grid, so each example is included with
+probability exactly floor(q 2^53) / 2^53 <= q, never above the rate the accountant charges (a
+float32 uniform compared with q would include it with ceil(q 2^24) / 2^24, up to 6e-8 above q).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -16,12 +23,39 @@ from torch import Tensor
 from dp_core.epochs import steps_per_epoch as epochs_rule
 from dp_core.errors import InvalidParameterError
 
-__all__ = ["poisson_batch", "split_physical", "steps_per_epoch"]
+__all__ = ["bernoulli_mask", "poisson_batch", "rate_down", "split_physical", "steps_per_epoch"]
+
+_GRID = 2**53  # torch.rand(dtype=float64) on CPU draws k / 2^53, k uniform in [0, 2^53)
+
+
+def rate_down(rate: float) -> float:
+    """Return ``rate`` rounded down to a multiple of 2^-53 (exact: a power-of-two scaling)."""
+    return math.floor(rate * _GRID) / _GRID
+
+
+def bernoulli_mask(probabilities: Tensor | float, count: int, generator: torch.Generator) -> Tensor:
+    """Return ``count`` independent draws, True with probability ``rate_down(p) <= p``.
+
+    ``probabilities`` is one rate for all or one per draw. A uniform U on the grid k / 2^53
+    satisfies P(U < t) = t for every t on that grid, so comparing with the rate rounded down to
+    the grid includes with exactly that probability: at most p, never above it.
+    """
+    if generator.device.type != "cpu":
+        raise InvalidParameterError("generator", generator.device.type, "must be a CPU generator")
+    uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+    if isinstance(probabilities, Tensor):
+        threshold = torch.floor(probabilities.to(torch.float64) * _GRID) / _GRID
+    else:
+        threshold = torch.tensor(rate_down(probabilities), dtype=torch.float64)
+    return uniform < threshold
 
 
 def poisson_batch(num_examples: int, sample_rate: float, generator: torch.Generator) -> Tensor:
-    """Return the (sorted) indices of a Poisson sample: each example kept with ``sample_rate``."""
-    mask = torch.rand(num_examples, generator=generator) < sample_rate
+    """Return the (sorted) indices of a Poisson sample: each example kept with ``sample_rate``.
+
+    The rate is rounded down to a multiple of 2^-53 (:func:`bernoulli_mask`).
+    """
+    mask = bernoulli_mask(sample_rate, num_examples, generator)
     return mask.nonzero(as_tuple=True)[0]
 
 

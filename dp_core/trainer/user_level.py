@@ -30,6 +30,7 @@ from dp_core.trainer.clipping import (
     clip_factors,
     count_correct,
 )
+from dp_core.trainer.sampling import bernoulli_mask
 
 __all__ = ["UserAccumulator", "UserIndex", "user_poisson_batch"]
 
@@ -71,7 +72,7 @@ class UserIndex:
 
 def user_poisson_batch(index: UserIndex, sample_rate: float, generator: torch.Generator) -> Tensor:
     """Sample each user with probability q; return the records of the sampled users."""
-    keep = torch.rand(index.num_users, generator=generator) < sample_rate
+    keep = bernoulli_mask(sample_rate, index.num_users, generator)
     return index.records_of(torch.nonzero(keep).flatten())
 
 

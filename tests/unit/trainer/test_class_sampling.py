@@ -245,7 +245,7 @@ def test_bad_class_rates_exit_2_with_one_line(args, word):
 
 
 def test_cli_reports_per_class_epsilons_and_composes_with_class_weights():
-    result = _run("--epochs", "1", "--noise-multiplier", "1.0", "--lr", "2",
+    result = _run("--epochs", "2", "--noise-multiplier", "1.0", "--lr", "2",
                   "--class-sample-rates", RATES, "--class-weights", "balanced")  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -1,6 +1,18 @@
-import torch
+import math
 
-from dp_core.trainer.sampling import poisson_batch, split_physical, steps_per_epoch
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dp_core.errors import InvalidParameterError
+from dp_core.trainer.sampling import (
+    bernoulli_mask,
+    poisson_batch,
+    rate_down,
+    split_physical,
+    steps_per_epoch,
+)
 
 
 def test_poisson_batch_sizes_have_binomial_mean_and_variance():
@@ -44,3 +56,43 @@ def test_steps_per_epoch_is_ceil_one_over_q():
     assert steps_per_epoch(0.25) == 4
     assert steps_per_epoch(256 / 1437) == 6
     assert steps_per_epoch(1.0) == 1
+
+
+# --- inclusion never above the accounted rate -----------------------------------------------------
+
+
+def test_float64_uniforms_lie_on_the_2_to_the_minus_53_grid():
+    """The proof that P(include) = rate_down(q) <= q rests on this property of torch.rand."""
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scaled = u * 2.0**53
+    assert bool((scaled == scaled.floor()).all()) and float(u.min()) >= 0.0 and float(u.max()) < 1
+
+
+@given(st.floats(min_value=0.0, max_value=1.0, allow_nan=False))
+def test_rate_down_never_exceeds_q_and_loses_less_than_one_grid_step(q):
+    down = rate_down(q)
+    assert down <= q and q - down < 2.0**-53
+    assert down * 2.0**53 == math.floor(down * 2.0**53)  # on the grid: P(U < down) = down exactly
+
+
+def test_the_mask_compares_the_same_uniforms_with_the_rate_rounded_down():
+    q = 0.1 + 2.0**-40  # not a float32: a float32 comparison would include with up to 6e-8 more
+    mask = bernoulli_mask(q, 50_000, torch.Generator().manual_seed(7))
+    u = torch.rand(50_000, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(mask, u < rate_down(q))
+    rates = torch.full((50_000,), q, dtype=torch.float64)
+    assert torch.equal(bernoulli_mask(rates, 50_000, torch.Generator().manual_seed(7)), mask)
+
+
+def test_edge_rates_one_and_below_the_grid():
+    g = torch.Generator().manual_seed(0)
+    assert bool(bernoulli_mask(1.0, 1000, g).all())
+    assert not bool(bernoulli_mask(1e-20, 100_000, g).any())  # rounds down to 0: never above q
+
+
+def test_a_non_cpu_generator_is_refused():
+    class _Meta:
+        device = torch.device("meta")
+
+    with pytest.raises(InvalidParameterError):
+        bernoulli_mask(0.5, 10, _Meta())  # type: ignore[arg-type]
