@@ -141,7 +141,9 @@ def _run(**o: Any) -> dict[str, Any]:
         ) from None
     from dpledger.client import LedgerError
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every stage at INFO
+    # Flower logs every stage at INFO, and a failing client or engine with tracebacks at ERROR:
+    # the summary and the one error line say what happened.
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)
     if (o["clients_per_round"] is None) == (o["sample_rate"] is None):
         raise CommandError(
             "error: give exactly one of --clients-per-round and --sample-rate",

@@ -437,6 +437,8 @@ class _WatchedGrid(Grid):
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Any:
+        if self._cancel.is_set():  # the strategy may be waiting for nodes to join
+            raise EngineStopped("the engine running the clients stopped")
         return self._grid.get_node_ids()
 
     def push_messages(self, messages: Any) -> Any:

@@ -104,7 +104,11 @@ def _run_simulation(
         except RuntimeError as error:
             if type(error) is not RuntimeError:  # the ServerApp's own error: raised as it is
                 raise
-            raise EngineError(f"Flower's simulation engine failed: {error.__cause__}") from error
+            root: BaseException = error
+            while root.__cause__ is not None:
+                root = root.__cause__
+            message = f"Flower's simulation engine failed: {type(root).__name__}: {root}"
+            raise EngineError(message) from error
         finally:
             cancel.set()  # a ServerApp still waiting for replies gives up (EngineStopped)
             flower_log.removeFilter(_not_deprecation)

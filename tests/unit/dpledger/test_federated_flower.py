@@ -385,3 +385,19 @@ def test_cli_unknown_data_and_engine_exit_2():
     assert result.exit_code == 2 and "--data must be one of" in result.stderr
     result = CliRunner().invoke(cli, [*base, "--engine", "ray"])
     assert result.exit_code == 2 and "--engine must be" in result.stderr
+
+
+def test_cli_when_the_simulation_engine_dies_exits_1_with_one_line(monkeypatch):
+    ray = pytest.importorskip("ray", reason="Flower's simulation engine is flwr[simulation] (Ray)")
+
+    def broken(*args, **kwargs):
+        raise OSError("no room for Ray")
+
+    monkeypatch.setattr(ray, "init", broken)  # Flower's Ray backend cannot start
+    args = ["fl", "--engine", "simulation", "--users", "6", "--rounds", "2", "--clients-per-round", "3",
+            "--noise-multiplier", "1", "--clip", "1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)  # returns: the ServerApp's thread does not hang on
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: Flower's simulation engine failed: OSError: no room for Ray"
+    ]
