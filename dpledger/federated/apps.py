@@ -178,6 +178,8 @@ class DpFedAvgStrategy(Strategy):
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     current: Arrays = field(default_factory=list)
     rounds_completed: int = 0
+    # Set when the engine running the nodes stopped: the ServerApp gives up waiting for them.
+    cancel: threading.Event = field(default_factory=threading.Event)
     received: list[int] = field(default_factory=list)  # results per round, as the strategy saw them
     sampled: list[int] = field(default_factory=list)  # clients asked per round
 
@@ -226,6 +228,8 @@ class DpFedAvgStrategy(Strategy):
         """
         deadline = time.monotonic() + timeout
         while client_manager.num_available() < self.config.users:
+            if self.cancel.is_set():
+                raise EngineStopped("the engine running the clients stopped")
             if time.monotonic() > deadline:
                 raise EngineStopped(
                     f"only {client_manager.num_available()} of the {self.config.users} nodes"
@@ -340,16 +344,13 @@ def make_client_app(
 
 
 def make_server_app(
-    strategy: DpFedAvgStrategy,
-    on_stopped: Callable[[RoundRefused | RoundFailed], None],
-    *,
-    cancel: threading.Event | None = None,
+    strategy: DpFedAvgStrategy, on_stopped: Callable[[RoundRefused | RoundFailed], None]
 ) -> ServerApp:
     """The ServerApp: Flower's default workflow, with SecAgg+ as the fit workflow when asked.
 
     A refused round (the budget gate) or a failed one (too many SecAgg+ drop-outs) stops the run
-    with the last model; ``on_stopped`` gets the reason. Setting ``cancel`` (the engine died)
-    makes the ServerApp raise :class:`EngineStopped` instead of waiting for replies forever.
+    with the last model; ``on_stopped`` gets the reason. Setting ``strategy.cancel`` (the engine
+    died) makes the ServerApp raise :class:`EngineStopped` instead of waiting for nodes forever.
     """
     app = ServerApp()
     config = strategy.config
@@ -376,9 +377,7 @@ def make_server_app(
                 strategy,
             )
         try:
-            DefaultWorkflow(fit_workflow=fit_workflow)(
-                _WatchedGrid(grid, cancel or threading.Event()), legacy
-            )
+            DefaultWorkflow(fit_workflow=fit_workflow)(_WatchedGrid(grid, strategy.cancel), legacy)
         except (RoundRefused, RoundFailed) as stopped:
             on_stopped(stopped)
 
@@ -437,8 +436,6 @@ class _WatchedGrid(Grid):
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Any:
-        if self._cancel.is_set():  # the strategy may be waiting for nodes to join
-            raise EngineStopped("the engine running the clients stopped")
         return self._grid.get_node_ids()
 
     def push_messages(self, messages: Any) -> Any:

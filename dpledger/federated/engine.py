@@ -46,8 +46,8 @@ def run_apps(
     """Run ``server_app`` against ``nodes`` nodes (partition-id 0..nodes-1) running ``client_app``.
 
     Exceptions raised in the ServerApp propagate (Flower's simulation re-raises them here).
-    ``cancel`` is set when the simulation ends, however it ends: give the same event to
-    :func:`dpledger.federated.apps.make_server_app` so that its thread cannot outlive the engine.
+    ``cancel`` is set when the simulation ends, however it ends: pass the strategy's
+    (``DpFedAvgStrategy.cancel``) so that the ServerApp's thread cannot outlive the engine.
     """
     if engine == "inprocess":
         grid = LocalGrid(client_app, nodes=nodes)

@@ -9,7 +9,6 @@ it runs (``POST /v1/runs/{id}/epochs``; a unit of a ``dp_fedavg`` run is a round
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,11 +164,10 @@ def run_federated(
         rng=np.random.default_rng(config.seed),
     )
     stops: list[RoundRefused | RoundFailed] = []
-    cancel = threading.Event()
-    server = make_server_app(strategy, stops.append, cancel=cancel)
+    server = make_server_app(strategy, stops.append)
     client = make_client_app(source, model, config, extra_mods=extra_mods)
     try:
-        run_apps(server, client, nodes=config.users, engine=engine, cancel=cancel)
+        run_apps(server, client, nodes=config.users, engine=engine, cancel=strategy.cancel)
     finally:
         if isinstance(gate, LedgerRoundGate):
             gate.close()

@@ -110,8 +110,8 @@ def test_a_budget_cut_stops_the_server_at_the_predicted_round(ledger, tmp_path):
     )
     assert result.rounds_completed == expected == len(strategy.received)
     assert result.stop_reason.startswith("budget_exceeded")
-    saved = np.load(tmp_path / "cut.npz")
-    np.testing.assert_array_equal(saved["arr_0"], strategy.current[0])  # the last admitted model
+    with np.load(tmp_path / "cut.npz") as saved:  # the last admitted model
+        np.testing.assert_array_equal(saved["arr_0"], strategy.current[0])
 
 
 @pytest.fixture
