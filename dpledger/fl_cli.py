@@ -131,7 +131,7 @@ def _run(**o: Any) -> dict[str, Any]:
             exit_code=ExitCode.USAGE,
         )
     try:
-        from dpledger.federated.apps import FederatedConfig
+        from dpledger.federated.apps import EngineStopped, FederatedConfig
         from dpledger.federated.engine import EngineError
         from dpledger.federated.runner import LedgerRefusedError, run_federated
     except ModuleNotFoundError as missing:
@@ -173,7 +173,7 @@ def _run(**o: Any) -> dict[str, Any]:
         raise CommandError(str(refused), exit_code=ExitCode.REFUSED) from None
     except LedgerError as error:
         raise _client_error(error) from None
-    except EngineError as error:
+    except (EngineError, EngineStopped) as error:
         raise CommandError(f"error: {error}", exit_code=ExitCode.FAILURE) from None
     except ValueError as error:
         raise CommandError(

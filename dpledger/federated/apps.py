@@ -93,6 +93,10 @@ class RoundFailed(Exception):
         self.reason = reason
 
 
+class EngineStopped(RuntimeError):
+    """The engine running the nodes stopped (or they never joined) while the ServerApp waited."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class FederatedConfig:
     """One DP-FedAvg job over ``users`` users.
@@ -382,10 +386,6 @@ def make_server_app(
             on_stopped(stopped)
 
     return app
-
-
-class EngineStopped(Exception):
-    """The engine running the nodes stopped while the ServerApp waited for their replies."""
 
 
 @dataclass
