@@ -1,8 +1,9 @@
 """``dpledger fl``: user-level DP-FedAvg on Flower over synthetic users, charged round by round.
 
-Needs the ``federated`` extra (Flower); it is imported when the command runs, so the rest of the
-CLI works without it. Exit codes as ``dpledger train``: 3 and one stderr line when the ledger
-refuses (the JSON summary still says how many rounds ran), 2 for invalid input.
+Needs the ``federated`` extra (Flower, with Ray for its simulation engine); it is imported when
+the command runs, so the rest of the CLI works without it. Exit codes as ``dpledger train``: 3
+and one stderr line when the ledger refuses (the JSON summary still says how many rounds ran), 2
+for invalid input, 1 when a round fails (too many SecAgg+ drop-outs; the summary is printed too).
 """
 
 from __future__ import annotations
@@ -74,7 +75,20 @@ def fl(
             "--sample-rate", help="Poisson sampling instead: each user with this probability."
         ),
     ] = None,
-    data: Annotated[str, typer.Option("--data", help="'digits' (scikit-learn's).")] = "digits",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="'digits' (scikit-learn's), or 'mnist:DIR' / 'fashion-mnist:DIR' (IDX files).",
+        ),
+    ] = "digits",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="'simulation': Flower's simulation engine (Ray); 'inprocess': one process, no Ray.",
+        ),
+    ] = "simulation",
     secure_aggregation: Annotated[
         bool,
         typer.Option("--secure-aggregation", help="Flower's SecAgg+: the server sees sums only."),
@@ -99,20 +113,26 @@ def fl(
     """Federated learning with user-level DP (DP-FedAvg on Flower), charged to the ledger."""
     summary = _run(**locals())
     typer.echo(json.dumps(summary) if as_json else _human(summary))
-    if summary["stop_reason"] != "completed":
-        raise CommandError(f"refused: {summary['stop_reason']}", exit_code=ExitCode.REFUSED)
+    reason = summary["stop_reason"]
+    if reason.startswith("secure_aggregation_failed"):
+        raise CommandError(f"error: {reason}", exit_code=ExitCode.FAILURE)
+    if reason != "completed":
+        raise CommandError(f"refused: {reason}", exit_code=ExitCode.REFUSED)
 
 
 def _run(**o: Any) -> dict[str, Any]:
-    if o["data"] != "digits":
-        raise CommandError("error: --data: only 'digits' is available", exit_code=ExitCode.USAGE)
+    if o["engine"] not in ("simulation", "inprocess"):
+        raise CommandError(
+            "error: --engine must be 'simulation' or 'inprocess'", exit_code=ExitCode.USAGE
+        )
     if o["service"] is not None and (o["dataset"] is None or o["noise_multiplier"] <= 0):
         raise CommandError(
             "error: --service needs --dataset and a positive --noise-multiplier",
             exit_code=ExitCode.USAGE,
         )
     try:
-        from dpledger.federated.apps import FederatedConfig
+        from dpledger.federated.apps import EngineStopped, FederatedConfig
+        from dpledger.federated.engine import EngineError
         from dpledger.federated.runner import LedgerRefusedError, run_federated
     except ModuleNotFoundError as missing:
         raise CommandError(
@@ -121,7 +141,9 @@ def _run(**o: Any) -> dict[str, Any]:
         ) from None
     from dpledger.client import LedgerError
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every stage at INFO
+    # Flower logs every stage at INFO, and a failing client or engine with tracebacks at ERROR:
+    # the summary and the one error line say what happened.
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)
     if (o["clients_per_round"] is None) == (o["sample_rate"] is None):
         raise CommandError(
             "error: give exactly one of --clients-per-round and --sample-rate",
@@ -141,6 +163,8 @@ def _run(**o: Any) -> dict[str, Any]:
         result, _ = run_federated(
             config,
             delta=o["delta"],
+            data=o["data"],
+            engine=o["engine"],
             gate_factory=_gate_factory(o),
             out=o["out"],
             on_round=bar.advance,
@@ -149,8 +173,12 @@ def _run(**o: Any) -> dict[str, Any]:
         raise CommandError(str(refused), exit_code=ExitCode.REFUSED) from None
     except LedgerError as error:
         raise _client_error(error) from None
+    except (EngineError, EngineStopped) as error:
+        raise CommandError(f"error: {error}", exit_code=ExitCode.FAILURE) from None
     except ValueError as error:
-        raise CommandError(f"error: {error}", exit_code=ExitCode.USAGE) from None
+        raise CommandError(
+            f"error: {' '.join(str(error).split())}", exit_code=ExitCode.USAGE
+        ) from None
     finally:
         bar.close()
     return result.to_json()

@@ -18,6 +18,8 @@ whoever sees the model (see docs/readme/federated.md).
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,11 +48,14 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from dp_core.federated import DpFedAvgRounds
+from dpledger.federated.data import UserSource
 from dpledger.federated.model import SoftmaxModel, UserData
 
 __all__ = [
     "DpFedAvgStrategy",
+    "EngineStopped",
     "FederatedConfig",
+    "RoundFailed",
     "RoundGate",
     "RoundRefused",
     "make_client_app",
@@ -73,6 +78,23 @@ class RoundRefused(Exception):
         super().__init__(reason)
         self.round_index = round_index
         self.reason = reason
+
+
+class RoundFailed(Exception):
+    """A round could not be aggregated (too many SecAgg+ drop-outs): training stops there.
+
+    The round was charged before it ran and stays charged (nothing was released, so the ledger
+    over-counts by that one round, toward privacy); it is not retried, so no round is charged twice.
+    """
+
+    def __init__(self, round_index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.round_index = round_index
+        self.reason = reason
+
+
+class EngineStopped(RuntimeError):
+    """The engine running the nodes stopped (or they never joined) while the ServerApp waited."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +139,11 @@ class FederatedConfig:
         )
 
     @property
+    def reconstruction_threshold(self) -> int:
+        """SecAgg+'s t: a round needs t surviving clients (of m) to unmask the sum."""
+        return max(2, math.ceil(2 * self.clients_per_round / 3))
+
+    @property
     def poisson(self) -> bool:
         """Whether users are drawn by Poisson sampling."""
         return self.sample_rate is not None
@@ -155,7 +182,10 @@ class DpFedAvgStrategy(Strategy):
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     current: Arrays = field(default_factory=list)
     rounds_completed: int = 0
+    # Set when the engine running the nodes stopped: the ServerApp gives up waiting for them.
+    cancel: threading.Event = field(default_factory=threading.Event)
     received: list[int] = field(default_factory=list)  # results per round, as the strategy saw them
+    sampled: list[int] = field(default_factory=list)  # clients asked per round
 
     def __post_init__(self) -> None:
         self.current = [a.copy() for a in self.initial]
@@ -178,11 +208,12 @@ class DpFedAvgStrategy(Strategy):
         # without the workflow knowing).
         parameters = ndarrays_to_parameters(self.current)
         self._check_clipping_box()
-        clients = sorted(client_manager.all().items())
+        clients = sorted(self._all_nodes(client_manager).items())
         if self.config.sample_rate is not None:
             chosen = np.flatnonzero(self.rng.random(len(clients)) < self.config.sample_rate)
             if chosen.size == 0:  # nobody drawn: the mechanism still releases noise / qN
                 self._apply([np.zeros_like(c) for c in self.current])
+                self.sampled.append(0)
                 self.received.append(0)
                 return []
         else:
@@ -190,7 +221,26 @@ class DpFedAvgStrategy(Strategy):
                 len(clients), size=self.config.clients_per_round, replace=False
             )
         config: dict[str, Scalar] = {KEY_CLIPPING_NORM: self.config.clip}
+        self.sampled.append(len(chosen))
         return [(clients[i][1], FitIns(parameters, config)) for i in sorted(chosen)]
+
+    def _all_nodes(self, client_manager: ClientManager, timeout: float = 120.0) -> dict[str, Any]:
+        """All N nodes: sampling m of fewer would not be the sampling the ledger charged.
+
+        Flower's simulation registers its virtual nodes while the ServerApp is already running,
+        so the first round waits for them.
+        """
+        deadline = time.monotonic() + timeout
+        while client_manager.num_available() < self.config.users:
+            if self.cancel.is_set():
+                raise EngineStopped("the engine running the clients stopped")
+            if time.monotonic() > deadline:
+                raise EngineStopped(
+                    f"only {client_manager.num_available()} of the {self.config.users} nodes"
+                    f" joined within {timeout:g} s"
+                )
+            time.sleep(0.05)
+        return client_manager.all()
 
     def _check_clipping_box(self) -> None:
         """SecAgg+ clips each coordinate to [-r, r]: sound only while the model lies inside."""
@@ -213,7 +263,12 @@ class DpFedAvgStrategy(Strategy):
         return ndarrays_to_parameters(self.current), {}
 
     def _apply(self, total: Arrays) -> None:
-        """Add N(0, (sigma C)^2) to the sum, divide by the fixed denominator, step the model."""
+        """Add N(0, (sigma C)^2) to the sum, divide by the fixed denominator, step the model.
+
+        The denominator is m (or qN), never the number of results: a round where some sampled
+        clients dropped out releases (sum of the survivors + noise) / m, so neither the count of
+        drop-outs nor the count drawn shows in the model beyond what the noisy sum shows.
+        """
         sigma = self.config.noise_multiplier * self.config.clip
         noisy = [t + self.rng.normal(0.0, sigma, size=t.shape) for t in total]
         scale = self.config.denominator
@@ -224,7 +279,8 @@ class DpFedAvgStrategy(Strategy):
         """Sum of the clipped updates: from each result, or from SecAgg+'s single average."""
         if self.config.secure_aggregation:
             # SecAgg+ gives every result the same parameters: the unmasked mean of the
-            # clients' (clipped, quantized) models, each of weight 1. Sum = count * (mean - w).
+            # clients' (clipped, quantized) models, each of weight 1. Sum = count * (mean - w),
+            # count = the clients whose masked vector was summed (drop-outs excluded).
             mean = parameters_to_ndarrays(results[0][1].parameters)
             count = len(results)
             return [count * (a - c) for a, c in zip(mean, self.current, strict=True)]
@@ -269,7 +325,7 @@ class _UserClient(NumPyClient):
 
 
 def make_client_app(
-    users: list[UserData],
+    source: UserSource,
     model: SoftmaxModel,
     config: FederatedConfig,
     *,
@@ -277,12 +333,13 @@ def make_client_app(
 ) -> ClientApp:
     """The ClientApp: user ``partition-id`` trains locally; mods clip (and mask with SecAgg+).
 
-    ``extra_mods`` run between the two (tests use one to see each clipped model before masking).
+    Each node loads its own shard from ``source`` (once per process). ``extra_mods`` run between
+    the two (tests use them to see each clipped model before masking, or to drop a client out).
     """
 
     def client_fn(context: Context) -> Any:
         partition = int(context.node_config["partition-id"])
-        return _UserClient(users[partition], model, config).to_client()
+        return _UserClient(source.user(partition), model, config).to_client()
 
     # Mods run outermost first: SecAgg+ masks what fixedclipping_mod has already clipped.
     inner = [*(extra_mods or []), fixedclipping_mod]
@@ -291,9 +348,14 @@ def make_client_app(
 
 
 def make_server_app(
-    strategy: DpFedAvgStrategy, on_refused: Callable[[RoundRefused], None]
+    strategy: DpFedAvgStrategy, on_stopped: Callable[[RoundRefused | RoundFailed], None]
 ) -> ServerApp:
-    """The ServerApp: Flower's default workflow, with SecAgg+ as the fit workflow when asked."""
+    """The ServerApp: Flower's default workflow, with SecAgg+ as the fit workflow when asked.
+
+    A refused round (the budget gate) or a failed one (too many SecAgg+ drop-outs) stops the run
+    with the last model; ``on_stopped`` gets the reason. Setting ``strategy.cancel`` (the engine
+    died) makes the ServerApp raise :class:`EngineStopped` instead of waiting for nodes forever.
+    """
     app = ServerApp()
     config = strategy.config
 
@@ -307,17 +369,95 @@ def make_server_app(
             m = config.clients_per_round
             if m * config.quantization_range >= config.modulus_range:
                 raise ValueError("the SecAgg+ sum could wrap around: lower quantization_range")
-            fit_workflow = SecAggPlusWorkflow(
-                num_shares=m,
-                reconstruction_threshold=max(2, math.ceil(2 * m / 3)),
-                max_weight=1.0,
-                clipping_range=config.clipping_range,
-                quantization_range=config.quantization_range,
-                modulus_range=config.modulus_range,
+            fit_workflow = _CheckedSecAgg(
+                SecAggPlusWorkflow(
+                    num_shares=m,
+                    reconstruction_threshold=config.reconstruction_threshold,
+                    max_weight=1.0,
+                    clipping_range=config.clipping_range,
+                    quantization_range=config.quantization_range,
+                    modulus_range=config.modulus_range,
+                ),
+                strategy,
             )
         try:
-            DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
-        except RoundRefused as refused:
-            on_refused(refused)
+            DefaultWorkflow(fit_workflow=fit_workflow)(_WatchedGrid(grid, strategy.cancel), legacy)
+        except (RoundRefused, RoundFailed) as stopped:
+            on_stopped(stopped)
 
     return app
+
+
+@dataclass
+class _CheckedSecAgg:
+    """SecAgg+ as the fit workflow, failing loudly when it halts.
+
+    Flower's ``SecAggPlusWorkflow`` returns without aggregating when fewer than its
+    reconstruction threshold of clients survive a stage, and ``DefaultWorkflow`` would then go on
+    to the next round. This raises :class:`RoundFailed` instead, saying how many dropped out.
+    """
+
+    workflow: SecAggPlusWorkflow
+    strategy: DpFedAvgStrategy
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        if not isinstance(grid, _WatchedGrid):
+            grid = _WatchedGrid(grid, threading.Event())
+        grid.dropped.clear()
+        aggregated = len(self.strategy.received)
+        self.workflow(grid, context)
+        if len(self.strategy.received) == aggregated:
+            index = len(self.strategy.sampled) - 1
+            config = self.strategy.config
+            raise RoundFailed(
+                index,
+                f"secure_aggregation_failed: round {index + 1}: {len(grid.dropped)} of the"
+                f" {self.strategy.sampled[index]} sampled clients dropped out; SecAgg+ needs"
+                f" {config.reconstruction_threshold} to unmask the sum (the round was charged,"
+                " nothing was released)",
+            )
+
+
+class _WatchedGrid(Grid):
+    """The engine's Grid, noting which nodes failed to answer, and giving up when cancelled."""
+
+    def __init__(self, grid: Grid, cancel: threading.Event, *, interval: float = 0.05) -> None:
+        self._grid, self._cancel, self._interval = grid, cancel, interval
+        self.dropped: set[int] = set()
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Any:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Any:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Any) -> Any:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Any) -> Any:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        """Push, then pull until every node answered (or ``timeout``, or cancelled)."""
+        messages = list(messages)
+        waiting = set(self.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Any] = []
+        while waiting and (end is None or time.monotonic() < end):
+            if self._cancel.is_set():
+                raise EngineStopped("the engine running the clients stopped")
+            pulled = list(self.pull_messages(waiting))
+            replies += pulled
+            waiting -= {r.metadata.reply_to_message_id for r in pulled}
+            if waiting:
+                time.sleep(self._interval)
+        answered = {r.metadata.src_node_id for r in replies if not r.has_error()}
+        self.dropped |= {m.metadata.dst_node_id for m in messages} - answered
+        return replies

@@ -1,10 +1,13 @@
 """An in-process Flower ``Grid``: the ServerApp's messages go straight to a ClientApp, no Ray.
 
-Flower 1.32's simulation engine only has a Ray backend (not installable offline on two cores in
-a test's time). The ``Grid`` is Flower's own seam between a ServerApp and the nodes, so this one
+Flower 1.32's simulation engine only has a Ray backend, which takes ~10 s to start and stop. The
+``Grid`` is Flower's own seam between a ServerApp and the nodes, so this one
 delivers each message to the real ``ClientApp`` (with its mods) in the calling thread, with one
-``Context`` per node kept across rounds, as a SuperNode would. Everything above it (workflows,
-strategies, SecAgg+) is Flower's code, unchanged.
+``Context`` per node kept across rounds, as a SuperNode would. A ClientApp that raises (a dropped-out
+client, in tests) answers with an error message, as Flower's engines do. Everything above it
+(workflows, strategies, SecAgg+) is Flower's code, unchanged. ``dpledger fl`` runs on Flower's
+simulation engine by default (:mod:`dpledger.federated.engine`); this grid is ``--engine
+inprocess``: no Ray, one process, for fast tests and small machines.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 from flwr.common import Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -77,10 +81,19 @@ class LocalGrid(Grid):
             node = message.metadata.dst_node_id
             # Through Flower's wire format both ways, as between a SuperLink and a SuperNode:
             # the node gets its own copy (SecAgg+'s mod edits what it receives).
-            reply = self._client_app(_wire(message), self._contexts[node])
-            self._replies[message_id] = _wire(reply)
+            self._replies[message_id] = _wire(self._call(_wire(message), self._contexts[node]))
             ids.append(message_id)
         return ids
+
+    def _call(self, message: Message, context: Context) -> Message:
+        """The node's reply; a ClientApp that raises answers with an error, as a SuperNode does."""
+        try:
+            return self._client_app(message, context)
+        except Exception as error:
+            reason = f"{type(error)}:<'{error}'>"
+            return Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
+            )
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]

@@ -1,7 +1,7 @@
-"""Run one DP-FedAvg job on Flower, in-process, asking the ledger before every round.
+"""Run one DP-FedAvg job on Flower, asking the ledger before every round.
 
-:func:`run_federated` builds the users, the Flower apps and the :class:`LocalGrid`, runs the
-ServerApp, and returns a :class:`FederatedResult` (what ``dpledger fl --json`` prints).
+:func:`run_federated` builds the users, the Flower apps, runs them on Flower's simulation engine
+(or the in-process grid, see :mod:`dpledger.federated.engine`), and returns a :class:`FederatedResult` (what ``dpledger fl --json`` prints).
 :class:`LedgerRoundGate` charges each round through :class:`dpledger.client.LedgerClient` before
 it runs (``POST /v1/runs/{id}/epochs``; a unit of a ``dp_fedavg`` run is a round).
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common import Context, RecordDict
 
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.federated import DpFedAvgRounds
@@ -25,13 +24,15 @@ from dpledger.client import BudgetExceeded, DpFedAvg, LedgerClient, LedgerError
 from dpledger.federated.apps import (
     DpFedAvgStrategy,
     FederatedConfig,
+    RoundFailed,
     RoundGate,
     RoundRefused,
     make_client_app,
     make_server_app,
 )
-from dpledger.federated.grid import LocalGrid
-from dpledger.federated.model import SoftmaxModel, load_digits_users
+from dpledger.federated.data import UserSource
+from dpledger.federated.engine import Engine, run_apps
+from dpledger.federated.model import SoftmaxModel
 from dpledger.gate import refusal_reason
 
 __all__ = [
@@ -53,6 +54,7 @@ class FederatedResult:
 
     rounds_completed: int
     rounds_planned: int
+    rounds_charged: int | None  # by the ledger (a failed round is charged, not completed)
     stop_reason: str
     epsilon: float | None
     delta: float
@@ -65,13 +67,15 @@ class FederatedResult:
     clip: float
     model_path: str | None
     run_id: int | None
+    data: str
+    engine: str
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class LedgerRoundGate:
-    """Registers the job as a ``dp_fedavg`` run and charges round r before it runs."""
+    """Registers the job as a ``dp_fedavg`` run and charges round r before it runs (owns ``client``)."""
 
     def __init__(
         self,
@@ -83,24 +87,31 @@ class LedgerRoundGate:
         reservation: str = "plan",
     ) -> None:
         self._client = client
+        self.charged = 0
         try:
             self.run_id = client.create_run(
                 dataset=dataset, name=name, mechanism=mechanism, reservation=reservation
             ).id
         except BudgetExceeded as refusal:
+            client.close()
             raise LedgerRefusedError(f"refused: {refusal_reason(refusal)}") from refusal
+        except BaseException:
+            client.close()
+            raise
 
     def before_round(self, round_index: int) -> str | None:
         try:
             self._client.charge_epoch(self.run_id, round_index)
         except BudgetExceeded as refusal:
             return refusal_reason(refusal)
+        self.charged += 1
         return None
 
     def close(self) -> None:
-        """Finish the run (releases what it reserved and never charged)."""
+        """Finish the run (releases what it reserved and never charged); close the client."""
         with contextlib.suppress(LedgerError):
             self._client.finish_run(self.run_id)
+        self._client.close()
 
 
 def ledger_mechanism(record: DpFedAvgRounds) -> DpFedAvg:
@@ -127,15 +138,22 @@ def user_epsilon(record: DpFedAvgRounds, *, delta: float) -> float:
 def run_federated(
     config: FederatedConfig,
     *,
+    data: str = "digits",
+    engine: Engine = "simulation",
     delta: float = 1e-5,
     gate_factory: Callable[[DpFedAvgRounds], RoundGate] | None = None,
     out: Path | None = None,
     on_round: Callable[[int], None] | None = None,
     extra_mods: list[Any] | None = None,
 ) -> tuple[FederatedResult, DpFedAvgStrategy]:
-    """Run the job; ``gate_factory`` gets the planned rounds' record and returns the gate."""
-    users, test = load_digits_users(config.users, seed=config.seed)
-    model = SoftmaxModel(features=users[0].features.shape[1], classes=10)
+    """Run the job; ``gate_factory`` gets the planned rounds' record and returns the gate.
+
+    ``data`` is ``digits``, ``mnist:DIR`` or ``fashion-mnist:DIR``; it is loaded here first (a
+    missing directory raises ``ValueError`` before anything starts or is charged).
+    """
+    source = UserSource(data, config.users, config.seed)
+    source.load()
+    model = SoftmaxModel(features=source.features, classes=10)
     private = config.noise_multiplier > 0
     record = config.mechanism(model.dimension) if private else None
     gate = gate_factory(record) if gate_factory is not None and record is not None else None
@@ -145,15 +163,11 @@ def run_federated(
         gate=_Observed(gate, on_round),
         rng=np.random.default_rng(config.seed),
     )
-    refusals: list[RoundRefused] = []
-    server = make_server_app(strategy, refusals.append)
-    grid = LocalGrid(
-        make_client_app(users, model, config, extra_mods=extra_mods), nodes=config.users
-    )
+    stops: list[RoundRefused | RoundFailed] = []
+    server = make_server_app(strategy, stops.append)
+    client = make_client_app(source, model, config, extra_mods=extra_mods)
     try:
-        server(
-            grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-        )
+        run_apps(server, client, nodes=config.users, engine=engine, cancel=strategy.cancel)
     finally:
         if isinstance(gate, LedgerRoundGate):
             gate.close()
@@ -168,13 +182,15 @@ def run_federated(
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, *strategy.current)
         path = str(out)
+    ledger = gate if isinstance(gate, LedgerRoundGate) else None
     result = FederatedResult(
         rounds_completed=completed,
         rounds_planned=config.rounds,
-        stop_reason=refusals[0].reason if refusals else "completed",
+        rounds_charged=ledger.charged if ledger is not None else None,
+        stop_reason=stops[0].reason if stops else "completed",
         epsilon=epsilon,
         delta=delta,
-        test_accuracy=model.accuracy(strategy.current, test),
+        test_accuracy=model.accuracy(strategy.current, source.test()),
         secure_aggregation=config.secure_aggregation,
         users=config.users,
         clients_per_round=None if config.poisson else config.clients_per_round,
@@ -182,7 +198,9 @@ def run_federated(
         noise_multiplier=config.noise_multiplier,
         clip=config.clip,
         model_path=path,
-        run_id=gate.run_id if isinstance(gate, LedgerRoundGate) else None,
+        run_id=ledger.run_id if ledger is not None else None,
+        data=source.data,
+        engine=engine,
     )
     return result, strategy
 

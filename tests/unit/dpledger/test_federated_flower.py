@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import pytest
@@ -24,6 +26,12 @@ from dpledger.federated.runner import (  # noqa: E402
     ledger_mechanism,
     run_federated,
     user_epsilon,
+)
+from tests.federated_helpers import (  # noqa: E402
+    DropOut,
+    RecordClipped,
+    ServerSpy,
+    check_round_of_survivors,
 )
 
 from .app_client import ADMIN_TOKEN, running_app  # noqa: E402
@@ -64,6 +72,7 @@ def test_each_round_is_charged_before_it_runs(ledger, tmp_path):
 
     result, strategy = run_federated(
         CONFIG,
+        engine="inprocess",
         gate_factory=gate_on(ledger, dataset="roomy"),
         on_round=on_round,
         out=tmp_path / "m.npz",
@@ -97,12 +106,12 @@ def test_a_budget_cut_stops_the_server_at_the_predicted_round(ledger, tmp_path):
     expected = predicted_rounds(orders, 2.0, 1e-5, one)
     assert 0 < expected < 100
     result, strategy = run_federated(
-        config, gate_factory=gate_on(ledger, "epoch"), out=tmp_path / "cut.npz"
+        config, engine="inprocess", gate_factory=gate_on(ledger, "epoch"), out=tmp_path / "cut.npz"
     )
     assert result.rounds_completed == expected == len(strategy.received)
     assert result.stop_reason.startswith("budget_exceeded")
-    saved = np.load(tmp_path / "cut.npz")
-    np.testing.assert_array_equal(saved["arr_0"], strategy.current[0])  # the last admitted model
+    with np.load(tmp_path / "cut.npz") as saved:  # the last admitted model
+        np.testing.assert_array_equal(saved["arr_0"], strategy.current[0])
 
 
 @pytest.fixture
@@ -146,7 +155,7 @@ def test_with_secure_aggregation_the_strategy_never_holds_one_update(seen, secur
         secure_aggregation=secure,
     )
     mod, clipped = clipped_models()
-    run_federated(config, extra_mods=[mod])
+    run_federated(config, engine="inprocess", extra_mods=[mod])
     assert len(seen) == 2
     for received, individual in zip(seen, clipped.values(), strict=True):
         assert len(individual) == 4
@@ -184,7 +193,7 @@ def _route(monkeypatch, ledger):
 
 
 def test_cli_json_summary(tmp_path):
-    args = ["fl", "--data", "digits", "--users", "20", "--rounds", "3", "--clients-per-round", "5",
+    args = ["fl", "--engine", "inprocess", "--data", "digits", "--users", "20", "--rounds", "3", "--clients-per-round", "5",
             "--noise-multiplier", "1.0", "--clip", "1.0", "--json", "--out", str(tmp_path / "m.npz")]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -207,7 +216,7 @@ def test_cli_json_summary(tmp_path):
 
 def test_cli_refused_exits_3_with_one_line(ledger, monkeypatch):
     _route(monkeypatch, ledger)
-    args = ["fl", "--users", "20", "--rounds", "100", "--clients-per-round", "2", "--noise-multiplier", "3",
+    args = ["fl", "--engine", "inprocess", "--users", "20", "--rounds", "100", "--clients-per-round", "2", "--noise-multiplier", "3",
             "--clip", "1", "--json", "--service", "http://ledger", "--token", ADMIN_TOKEN, "--dataset", "users",
             "--reservation", "epoch"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
@@ -221,7 +230,7 @@ def test_cli_on_an_example_dataset_is_refused_as_input(ledger, monkeypatch):
     _route(monkeypatch, ledger)
     with ledger.client() as admin:
         admin.create_dataset(name="examples", target_epsilon=8.0, target_delta=1e-5)
-    args = ["fl", "--users", "20", "--rounds", "2", "--clients-per-round", "2", "--noise-multiplier", "3",
+    args = ["fl", "--engine", "inprocess", "--users", "20", "--rounds", "2", "--clients-per-round", "2", "--noise-multiplier", "3",
             "--clip", "1", "--service", "http://ledger", "--token", ADMIN_TOKEN, "--dataset", "examples"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
@@ -233,7 +242,9 @@ def test_poisson_sampling_is_what_runs_and_what_is_charged(ledger, seen):
     config = FederatedConfig(
         users=20, rounds=12, clients_per_round=0, sample_rate=0.05, noise_multiplier=3.0, clip=1.0
     )
-    result, strategy = run_federated(config, gate_factory=gate_on(ledger, dataset="roomy"))
+    result, strategy = run_federated(
+        config, engine="inprocess", gate_factory=gate_on(ledger, dataset="roomy")
+    )
     assert result.rounds_completed == 12 == len(strategy.received)
     assert 0 in strategy.received and max(strategy.received) >= 1  # empty and non-empty rounds
     assert len(seen) == sum(1 for n in strategy.received if n)  # only non-empty rounds reach Flower
@@ -258,3 +269,135 @@ def test_poisson_with_secure_aggregation_is_refused():
             clip=1.0,
             secure_aggregation=True,
         )
+
+
+SECURE_SIX = FederatedConfig(
+    users=6, rounds=3, clients_per_round=6, noise_multiplier=2.0, clip=1.0, secure_aggregation=True
+)
+
+
+def test_secure_aggregation_sums_the_survivors_and_fails_cleanly_below_its_threshold(
+    ledger, tmp_path, monkeypatch
+):
+    # All 6 users are drawn every round; SecAgg+ needs t = ceil(2*6/3) = 4 of them.
+    assert SECURE_SIX.reconstruction_threshold == 4
+    spy = ServerSpy(monkeypatch)
+    record = RecordClipped(tmp_path)
+    drop = DropOut({1: {1, 4}, 3: {0, 2, 5}})  # round 1: 4 survive; round 3: 3 survive
+    result, strategy = run_federated(
+        SECURE_SIX,
+        engine="inprocess",
+        gate_factory=gate_on(ledger, dataset="roomy"),
+        extra_mods=[drop, record],
+    )
+    assert (strategy.sampled, strategy.received) == ([6, 6, 6], [4, 6])
+    check_round_of_survivors(
+        spy.received[0], spy.released[0], record.load(1), survivors={0, 2, 3, 5}, m=6,
+        step=SECURE_SIX.quantization_step,
+    )  # fmt: skip
+    assert (result.rounds_completed, result.rounds_charged) == (2, 3)
+    assert result.stop_reason == (
+        "secure_aggregation_failed: round 3: 3 of the 6 sampled clients dropped out; SecAgg+"
+        " needs 4 to unmask the sum (the round was charged, nothing was released)"
+    )
+    assert len(spy.released) == 2  # round 3 released nothing
+    with ledger.client() as admin:
+        charges = [e.epoch for e in admin.list_ledger("roomy").items if e.kind == "charge"]
+        run = admin.get_run(result.run_id)
+    assert charges == [0, 1, 2]  # each round once, the failed one included, nothing retried
+    assert (run.status, run.epochs_charged) == ("finished", 3)
+    completed = DpFedAvgRounds(**{**asdict(SECURE_SIX.mechanism(650)), "rounds": 2})
+    assert result.epsilon == pytest.approx(user_epsilon(completed, delta=1e-5))
+
+
+def test_cli_a_failed_round_exits_1_with_one_line(monkeypatch):
+    import dpledger.federated.runner as runner
+
+    monkeypatch.setattr(
+        runner, "run_federated", partial(run_federated, extra_mods=[DropOut({2: {0, 1, 2}})])
+    )
+    args = ["fl", "--engine", "inprocess", "--users", "6", "--rounds", "3", "--clients-per-round", "6",
+            "--noise-multiplier", "2", "--clip", "1", "--secure-aggregation", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["rounds_completed"] == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: secure_aggregation_failed: round 2: 3 of the 6 sampled clients dropped out;"
+        " SecAgg+ needs 4 to unmask the sum (the round was charged, nothing was released)"
+    ]
+
+
+@pytest.mark.parametrize(("kind", "gz"), [("mnist", True), ("fashion-mnist", False)])
+def test_cli_trains_on_idx_files_from_a_directory(tmp_path, monkeypatch, kind, gz):
+    pytest.importorskip("torch", reason="the MNIST loaders are the trainer's (torch)")
+    from tests.unit.trainer.test_data import write_mnist
+
+    (tmp_path / "data").mkdir()
+    write_mnist(tmp_path / "data", n_train=64, n_test=16, gz=gz)
+    monkeypatch.chdir(tmp_path)  # a relative DIR is resolved before the nodes load their shards
+    args = ["fl", "--engine", "inprocess", "--data", f"{kind}:data", "--users", "8", "--rounds", "2",
+            "--clients-per-round", "4", "--noise-multiplier", "1", "--clip", "1", "--json",
+            "--out", str(tmp_path / "m.npz")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["data"] == f"{kind}:{tmp_path.resolve() / 'data'}"
+    assert summary["rounds_completed"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
+    # d = 28*28*10 + 10 parameters: what the reported epsilon's record would carry with SecAgg+.
+    with np.load(tmp_path / "m.npz") as model:
+        assert (model["arr_0"].shape, model["arr_1"].shape) == ((784, 10), (10,))
+
+
+def test_idx_users_are_disjoint_shards_of_the_train_files(tmp_path):
+    pytest.importorskip("torch", reason="the MNIST loaders are the trainer's (torch)")
+    from dpledger.federated.data import UserSource
+    from tests.unit.trainer.test_data import write_mnist
+
+    write_mnist(tmp_path, n_train=64, n_test=16)
+    source = UserSource(f"mnist:{tmp_path}", users=5)
+    shards = [source.user(i) for i in range(5)]
+    assert [len(s.labels) for s in shards] == [13, 13, 13, 13, 12]
+    rows = np.concatenate([s.features for s in shards])
+    assert rows.shape == (64, 784) and len(np.unique(rows, axis=0)) == 64  # each example once
+    assert source.test().features.shape == (16, 784) and source.features == 784
+    assert rows.min() >= 0.0 and rows.max() <= 1.0
+    with pytest.raises(ValueError, match=r"users must be in \[1, 64\]"):
+        UserSource(f"mnist:{tmp_path}", users=65).load()
+
+
+@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist"])
+def test_cli_missing_directory_exits_2_saying_where_to_get_it(tmp_path, kind):
+    pytest.importorskip("torch", reason="the MNIST loaders are the trainer's (torch)")
+    args = ["fl", "--engine", "inprocess", "--data", f"{kind}:{tmp_path / 'nowhere'}", "--users", "4",
+            "--rounds", "1", "--clients-per-round", "2", "--noise-multiplier", "1", "--clip", "1"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a directory" in lines[0]
+    assert "t10k-labels-idx1-ubyte" in lines[0]  # which files, and where from
+    assert ("yann.lecun.com" if kind == "mnist" else "zalandoresearch/fashion-mnist") in lines[0]
+
+
+def test_cli_unknown_data_and_engine_exit_2():
+    base = ["fl", "--users", "4", "--rounds", "1", "--clients-per-round", "2",
+            "--noise-multiplier", "1", "--clip", "1"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*base, "--engine", "inprocess", "--data", "cifar10:/x"])
+    assert result.exit_code == 2 and "--data must be one of" in result.stderr
+    result = CliRunner().invoke(cli, [*base, "--engine", "ray"])
+    assert result.exit_code == 2 and "--engine must be" in result.stderr
+
+
+def test_cli_when_the_simulation_engine_dies_exits_1_with_one_line(monkeypatch):
+    ray = pytest.importorskip("ray", reason="Flower's simulation engine is flwr[simulation] (Ray)")
+
+    def broken(*args, **kwargs):
+        raise OSError("no room for Ray")
+
+    monkeypatch.setattr(ray, "init", broken)  # Flower's Ray backend cannot start
+    args = ["fl", "--engine", "simulation", "--users", "6", "--rounds", "2", "--clients-per-round", "3",
+            "--noise-multiplier", "1", "--clip", "1", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)  # returns: the ServerApp's thread does not hang on
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: Flower's simulation engine failed: OSError: no room for Ray"
+    ]
