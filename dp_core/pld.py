@@ -334,7 +334,10 @@ def compose_plds(
         # Grid index m goes to slot m mod n; the circular convolution keeps sums modulo n.
         phi = sp_fft.rfft(_fold(pld, n))
         with np.errstate(divide="ignore"):
-            log_phi[alive] += count * np.log(phi[alive])
+            logs = np.log(phi[alive])
+        # Real and imaginary parts scaled apart: an exact zero of phi has log -inf + 0j, and the
+        # complex product count * (-inf + 0j) would make its imaginary part 0 * inf = nan.
+        log_phi[alive] += count * logs.real + 1j * (count * logs.imag)
         alive = alive[log_phi[alive].real > _UNDERFLOW]
         steps += count
         survive += count * math.log1p(-pld.infinity_mass)

@@ -202,6 +202,20 @@ def test_monotone_in_steps_and_noise(q, sigma, steps):
     assert eps(sigma * 1.2, steps) <= base + 1e-9
 
 
+def test_an_exact_zero_of_the_characteristic_function_is_no_nan():
+    """Found by hypothesis: one FFT slot is exactly 0 here (log -inf); it must just die."""
+    result = compute_epsilon_pld(
+        sample_rate=0.19811634791468385,
+        noise_multiplier=3.0821923511961,
+        steps=1,
+        delta=1e-5,
+        discretization=1e-3,
+    )
+    assert math.isfinite(result.epsilon) and 0.0 < result.epsilon < compute_epsilon(
+        sample_rate=0.19811634791468385, noise_multiplier=3.0821923511961, steps=1, delta=1e-5
+    ).epsilon
+
+
 def test_nothing_spent():
     assert (
         compute_epsilon_pld(sample_rate=0.0, noise_multiplier=1.0, steps=10, delta=1e-5).epsilon
