@@ -15,22 +15,16 @@ float32 uniform compared with q would include it with ceil(q 2^24) / 2^24, up to
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from dp_core.epochs import steps_per_epoch as epochs_rule
 from dp_core.errors import InvalidParameterError
+from dp_core.sampling import UNIFORM_GRID, rate_down
 
 __all__ = ["bernoulli_mask", "poisson_batch", "rate_down", "split_physical", "steps_per_epoch"]
 
-_GRID = 2**53  # torch.rand(dtype=float64) on CPU draws k / 2^53, k uniform in [0, 2^53)
-
-
-def rate_down(rate: float) -> float:
-    """Return ``rate`` rounded down to a multiple of 2^-53 (exact: a power-of-two scaling)."""
-    return math.floor(rate * _GRID) / _GRID
+_GRID = UNIFORM_GRID  # torch.rand(dtype=float64) on CPU draws k / 2^53, k uniform in [0, 2^53)
 
 
 def bernoulli_mask(probabilities: Tensor | float, count: int, generator: torch.Generator) -> Tensor:

@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from dp_core.federated import DpFedAvgRounds
+from dp_core.sampling import rate_down
 from dpledger.federated.data import UserSource
 from dpledger.federated.model import SoftmaxModel, UserData
 
@@ -210,7 +211,9 @@ class DpFedAvgStrategy(Strategy):
         self._check_clipping_box()
         clients = sorted(self._all_nodes(client_manager).items())
         if self.config.sample_rate is not None:
-            chosen = np.flatnonzero(self.rng.random(len(clients)) < self.config.sample_rate)
+            chosen = np.flatnonzero(
+                self.rng.random(len(clients)) < rate_down(self.config.sample_rate)
+            )  # P(chosen) = rate_down(q) <= q exactly (dp_core.sampling)
             if chosen.size == 0:  # nobody drawn: the mechanism still releases noise / qN
                 self._apply([np.zeros_like(c) for c in self.current])
                 self.sampled.append(0)

@@ -211,9 +211,14 @@ def test_an_exact_zero_of_the_characteristic_function_is_no_nan():
         delta=1e-5,
         discretization=1e-3,
     )
-    assert math.isfinite(result.epsilon) and 0.0 < result.epsilon < compute_epsilon(
-        sample_rate=0.19811634791468385, noise_multiplier=3.0821923511961, steps=1, delta=1e-5
-    ).epsilon
+    assert (
+        math.isfinite(result.epsilon)
+        and 0.0
+        < result.epsilon
+        < compute_epsilon(
+            sample_rate=0.19811634791468385, noise_multiplier=3.0821923511961, steps=1, delta=1e-5
+        ).epsilon
+    )
 
 
 def test_nothing_spent():
