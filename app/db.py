@@ -146,6 +146,16 @@ def write_transaction(session: Session) -> Iterator[Session]:
 
 
 @contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """Run one write transaction on a bare Core connection (no ORM session: the charge's hot
+    path). Commits on success, rolls back on any error; SQLite opens it with BEGIN IMMEDIATE."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
 def read_transaction(session: Session) -> Iterator[Session]:
     """Run one read-only transaction and end it (so a later write can take its lock)."""
     try:

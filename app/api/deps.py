@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import Principal
@@ -31,6 +32,13 @@ def get_app_settings(request: Request) -> Settings:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_engine(request: Request) -> Engine:
+    """Return the app's engine, for the charge routes (one Core transaction in one worker thread,
+    no ORM session)."""
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 def get_session_factory(request: Request) -> sessionmaker[Session]:

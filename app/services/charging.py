@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, hash_token
-from app.db import read_transaction, write_transaction
+from app.db import read_transaction, write_connection, write_transaction
 from app.errors import NotFoundError
 from app.ledger import quanta, transitions
 from app.ledger.costs import UnitCosts
@@ -113,15 +113,22 @@ def _fields(row: Any, prefix: str, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: mapping[f"{prefix}_{name}"] for name in names}
 
 
-def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | None) -> _Locked:
+def _authenticate(connection: Connection, token: str | None) -> Principal:
+    """Authenticate through the ORM (rare paths only: a missing run or an unknown token)."""
+    with Session(bind=connection) as session:
+        return authenticate(session, token)
+
+
+def _lock_for_charge(
+    connection: Connection, run_id: int, caller: str | Principal | None
+) -> _Locked:
     """Authenticate, lock the dataset and read the run: one statement (FOR UPDATE OF datasets).
 
     ``caller`` is the bearer token of an HTTP request (checked in the same statement), or an
     already authenticated principal (local callers).
     """
     if caller is None or caller == "":
-        authenticate(session, None)  # raises 401
-    connection = session.connection()
+        _authenticate(connection, None)  # raises 401
     if isinstance(caller, str):
         params = {"run_id": run_id, "token_hash": hash_token(caller)}
         row = connection.execute(_LOCK_WITH_TOKEN, params).first()
@@ -129,7 +136,7 @@ def _lock_for_charge(session: Session, run_id: int, caller: str | Principal | No
         row = connection.execute(_LOCK, {"run_id": run_id}).first()
     if row is None:
         if isinstance(caller, str):
-            authenticate(session, caller)  # 401 for an unknown token, else the run is missing
+            _authenticate(connection, caller)  # 401 for an unknown token, else the run is missing
         raise NotFoundError(f"no run {run_id}")
     principal = (
         principal_of(ApiToken(**_fields(row, "token", _TOKEN_COLUMNS)))
@@ -149,41 +156,44 @@ def _epsilon_run(dataset: Dataset, costs: UnitCosts, charged: int) -> float | No
     return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
 
 
-def _existing(session: Session, locked: _Locked, unit: int, costs: UnitCosts) -> EpochChargeRead:
-    entry = session.scalar(
-        select(LedgerEntry).where(
-            LedgerEntry.run_id == locked.run.id,
-            LedgerEntry.kind == EntryKind.charge.value,
-            LedgerEntry.epoch == unit,
+def _existing(
+    connection: Connection, locked: _Locked, unit: int, costs: UnitCosts
+) -> EpochChargeRead:
+    entry = connection.execute(
+        select(_ENTRIES.c.id, _ENTRIES.c.created_at).where(
+            _ENTRIES.c.run_id == locked.run.id,
+            _ENTRIES.c.kind == EntryKind.charge.value,
+            _ENTRIES.c.epoch == unit,
         )
-    )
+    ).first()
     if entry is None:  # a release charged at once has only unit 0
         raise NotFoundError(f"run {locked.run.id} has no charge for unit {unit}")
     return EpochChargeRead(
         run_id=locked.run.id,
         epoch=unit,
-        ledger_entry_id=entry.id,
-        created_at=entry.created_at,
+        ledger_entry_id=int(entry[0]),
+        created_at=cast(datetime, entry[1]),
         epsilon_run=_epsilon_run(locked.dataset, costs, unit + 1),
     )
 
 
-#: Plans of recently charged runs, keyed by (database, run id, creation time, name). A run's spec
+#: Plans of recently charged runs, keyed by (engine, run id, creation time, name). A run's spec
 #: and costs never change after admission and runs are never deleted, so within one database the
-#: key names one run forever; the database URL and the creation time keep a run of another
-#: database (tests make many) from being served. Cleared when full (bounded memory).
-_PlanKey = tuple[str, int, datetime, str]
+#: key names one run forever; the engine and the creation time keep a run of another database
+#: (tests make many) from being served. Cleared when full (bounded memory).
+_PlanKey = tuple[int, int, datetime, str]
 _PLANS: dict[_PlanKey, _Plan] = {}
 _PLANS_MAX = 4096
 
 
-def _plan_of(session: Session, run: Run, orders: list[float]) -> _Plan:
+def _plan_of(connection: Connection, run: Run, orders: list[float]) -> _Plan:
     """Return the run's plan and per-unit costs (read and parsed once per run and process)."""
-    key = (str(session.connection().engine.url), run.id, run.created_at, run.name)
+    key = (id(connection.engine), run.id, run.created_at, run.name)
     cached = _PLANS.get(key)
     if cached is not None:
         return cached
-    stored = session.get_one(Run, run.id)
+    with Session(bind=connection) as session:
+        stored = session.get_one(Run, run.id)
     black_box = stored.kind == MechanismKind.approx_dp_release.value
     plan = _Plan(
         spec=None if black_box else run_spec(stored),
@@ -227,10 +237,9 @@ _WRITE_CHARGE = select(_INSERTED.c.id, _INSERTED.c.created_at).add_cte(
 )
 
 
-def _write_charge(session: Session, params: dict[str, Any]) -> tuple[int, datetime]:
+def _write_charge(connection: Connection, params: dict[str, Any]) -> tuple[int, datetime]:
     """Insert the charge's ledger entry and store the new budget state: one round trip on
     PostgreSQL, two on SQLite (which has no data-modifying CTEs)."""
-    connection = session.connection()
     if connection.dialect.name == "postgresql":
         row = connection.execute(_WRITE_CHARGE, params).one()
     else:
@@ -240,7 +249,7 @@ def _write_charge(session: Session, params: dict[str, Any]) -> tuple[int, dateti
 
 
 def charge_unit(
-    session: Session, run_id: int, unit: int, caller: str | Principal | None
+    engine: Engine, run_id: int, unit: int, caller: str | Principal | None
 ) -> EpochChargeRead:
     """Charge unit ``unit`` (an epoch, a PATE batch) before the caller starts it.
 
@@ -248,24 +257,24 @@ def charge_unit(
     budget_exceeded when it does not fit). Idempotent per (run, unit): a retry finds the
     existing charge, returns it and writes nothing.
     """
-    with write_transaction(session):
-        locked = _lock_for_charge(session, run_id, caller)
+    with write_connection(engine) as connection:
+        locked = _lock_for_charge(connection, run_id, caller)
         run, dataset = locked.run, locked.dataset
-        plan = _plan_of(session, run, list(dataset.orders))
+        plan = _plan_of(connection, run, list(dataset.orders))
         state = budget_state(dataset)
         step = transitions.charge(state, run_state(run, plan.costs, locked.charged), unit)
         if step.refused:
             assert step.admission is not None
             refusal = step.admission
         elif not step.entries:
-            return _existing(session, locked, unit, plan.costs)
+            return _existing(connection, locked, unit, plan.costs)
         else:
             refusal = None
             entry = step.entries[0]
             assert plan.spec is not None  # a black-box release is charged once, at admission
             new = step.budget
             entry_id, created_at = _write_charge(
-                session,
+                connection,
                 {
                     "p_dataset_id": dataset.id,
                     "p_run_id": run.id,

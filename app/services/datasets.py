@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -94,6 +95,7 @@ def approx_dp_budget(dataset: Dataset) -> ApproxDpBudget:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # pure; exact Fraction arithmetic, read on every charge
 def filter_target(
     *, target_epsilon: float, target_delta: float, approx_epsilon: float, approx_delta: float
 ) -> tuple[float, float]:

@@ -157,8 +157,7 @@ def test_0005_turns_float_vectors_into_exact_quanta_and_keeps_runs_in_flight_cha
             assert quanta.covered(dataset.rdp_committed, dataset.rdp_reserved)
             assert quanta.to_floats_up(dataset.rdp_committed).tolist() >= committed.tolist()
         for unit in (1, 2):  # the run charges its remaining epochs, covered by what is reserved
-            with factory() as session:
-                assert charge_unit(session, 1, unit, admin).epoch == unit
+            assert charge_unit(app_engine, 1, unit, admin).epoch == unit
         with factory() as session:
             run = finish_run(session, 1, admin)
         assert (run.status, run.epochs_charged) == ("finished", 3)

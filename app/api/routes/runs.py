@@ -6,14 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from app.api.deps import (
     BearerTokenDep,
     PrincipalDep,
     SessionDep,
     SettingsDep,
-    get_session_factory,
+    get_engine,
 )
 from app.schemas import (
     AdmissionPreview,
@@ -107,11 +107,8 @@ def get_run_statement(
     return statement.get_statement(session, run_id, principal, records_per_user=records_per_user)
 
 
-def _charge(
-    factory: sessionmaker[Session], run_id: int, unit: int, token: str | None
-) -> EpochChargeRead:
-    with factory() as session:
-        return charging.charge_unit(session, run_id, unit, token)
+def _charge(engine: Engine, run_id: int, unit: int, token: str | None) -> EpochChargeRead:
+    return charging.charge_unit(engine, run_id, unit, token)
 
 
 @router.post("/{run_id}/epochs", responses=_CONFLICT)
@@ -119,8 +116,7 @@ async def charge_epoch(
     run_id: RunId, body: EpochCharge, request: Request, token: BearerTokenDep
 ) -> EpochChargeRead:
     """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
-    factory = get_session_factory(request)
-    return await run_in_threadpool(_charge, factory, run_id, body.epoch, token)
+    return await run_in_threadpool(_charge, get_engine(request), run_id, body.epoch, token)
 
 
 @router.post("/{run_id}/batches", responses=_CONFLICT)
@@ -128,8 +124,7 @@ async def charge_batch(
     run_id: RunId, body: BatchCharge, request: Request, token: BearerTokenDep
 ) -> BatchChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
-    factory = get_session_factory(request)
-    charged = await run_in_threadpool(_charge, factory, run_id, body.batch, token)
+    charged = await run_in_threadpool(_charge, get_engine(request), run_id, body.batch, token)
     return BatchChargeRead(
         run_id=charged.run_id,
         batch=charged.epoch,

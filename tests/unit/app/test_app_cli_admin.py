@@ -122,8 +122,7 @@ def make_ledger(url: str, dataset: str = "mnist") -> None:
         with factory() as session:
             run = admit_run(session, body, ADMIN, dry_run=False)
         for epoch in range(2):
-            with factory() as session:
-                charge_unit(session, run.id, epoch, ADMIN)
+            charge_unit(engine, run.id, epoch, ADMIN)
         with factory() as session:
             finish_run(session, run.id, ADMIN)
     finally:
