@@ -41,7 +41,7 @@ __all__ = [
 
 DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR")
 
-_HOW_TO_GET = {
+HOW_TO_GET = {
     "mnist": "the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from https://yann.lecun.com/exdb/mnist/ "
     "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -103,7 +103,7 @@ def _find(directory: Path, stem: str, kind: str = "mnist") -> Path:
         if (directory / name).is_file():
             return directory / name
     raise InvalidParameterError(
-        "data", f"{kind}:{directory}", f"has no {stem}[.gz]; it needs {_HOW_TO_GET[kind]}"
+        "data", f"{kind}:{directory}", f"has no {stem}[.gz]; it needs {HOW_TO_GET[kind]}"
     )
 
 
@@ -121,7 +121,7 @@ def _images(directory: Path, prefix: str, kind: str = "mnist") -> tuple[torch.Te
 def _directory(kind: str, directory: Path) -> Path:
     if not directory.is_dir():
         raise InvalidParameterError(
-            "data", f"{kind}:{directory}", f"is not a directory; download {_HOW_TO_GET[kind]}"
+            "data", f"{kind}:{directory}", f"is not a directory; download {HOW_TO_GET[kind]}"
         )
     return directory
 
@@ -216,7 +216,7 @@ def load_cifar10_dir(directory: Path) -> TrainTestData:
         raise InvalidParameterError(
             "data",
             f"cifar10:{directory}",
-            f"has no {', '.join(missing)}; it needs {_HOW_TO_GET['cifar10']}",
+            f"has no {', '.join(missing)}; it needs {HOW_TO_GET['cifar10']}",
         )
     parts = [read_cifar_batch(directory / n) for n in names]
     x_train = np.concatenate([x for x, _ in parts[:5]])
@@ -249,7 +249,7 @@ def load_data(spec: str, *, seed: int = 0) -> TrainTestData:
     if kind in _LOADERS:
         if not directory:
             raise InvalidParameterError(
-                "data", spec, f"give {kind}:DIR, a directory holding {_HOW_TO_GET[kind]}"
+                "data", spec, f"give {kind}:DIR, a directory holding {HOW_TO_GET[kind]}"
             )
         return _LOADERS[kind](Path(directory).expanduser())
     raise InvalidParameterError("data", spec, f"must be one of {', '.join(DATA_SPECS)}")

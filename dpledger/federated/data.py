@@ -25,6 +25,15 @@ DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR")
 _IDX_KINDS = ("mnist", "fashion-mnist")
 
 
+def _how_to_get(kind: str) -> str:
+    """Where to get ``kind``'s files (the trainer's words; nothing is ever downloaded)."""
+    try:
+        from dp_core.trainer.data import HOW_TO_GET
+    except ImportError:  # no torch: the trainer extra is missing, and MNIST needs it anyway
+        return "the four IDX files (train-images-idx3-ubyte.gz, ..., t10k-labels-idx1-ubyte.gz)"
+    return HOW_TO_GET[kind]
+
+
 @dataclass(frozen=True)
 class UserSource:
     """N users' shards of one data set, and its test split (each user: a near-equal shard)."""
@@ -35,7 +44,11 @@ class UserSource:
 
     def __post_init__(self) -> None:
         kind, _, directory = self.data.partition(":")
-        if self.data != "digits" and (kind not in _IDX_KINDS or not directory):
+        if kind in _IDX_KINDS and not directory:
+            raise ValueError(
+                f"--data {kind}: give {kind}:DIR, a directory holding {_how_to_get(kind)}"
+            )
+        if self.data != "digits" and kind not in _IDX_KINDS:
             raise ValueError(f"--data must be one of {', '.join(DATA_SPECS)}, not {self.data!r}")
         if kind in _IDX_KINDS:  # simulated nodes may run in another directory
             object.__setattr__(self, "data", f"{kind}:{Path(directory).expanduser().resolve()}")

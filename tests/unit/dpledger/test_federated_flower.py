@@ -378,6 +378,17 @@ def test_cli_missing_directory_exits_2_saying_where_to_get_it(tmp_path, kind):
     assert ("yann.lecun.com" if kind == "mnist" else "zalandoresearch/fashion-mnist") in lines[0]
 
 
+@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist"])
+def test_cli_data_without_a_directory_exits_2_saying_where_to_get_it(kind):
+    pytest.importorskip("torch", reason="the wording is the trainer's (torch)")
+    args = ["fl", "--engine", "inprocess", "--data", kind, "--users", "4", "--rounds", "1",
+            "--clients-per-round", "2", "--noise-multiplier", "1", "--clip", "1"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"give {kind}:DIR" in lines[0] and "t10k-labels" in lines[0]
+
+
 def test_cli_unknown_data_and_engine_exit_2():
     base = ["fl", "--users", "4", "--rounds", "1", "--clients-per-round", "2",
             "--noise-multiplier", "1", "--clip", "1"]  # fmt: skip
