@@ -41,13 +41,6 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
-    """Return the app's session factory, for a route that runs its whole request in one worker
-    thread (the hot path: one thread hop instead of one per sync dependency)."""
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    return factory
-
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 

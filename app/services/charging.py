@@ -1,10 +1,10 @@
 """Charging units (epochs, PATE batches) and finishing runs.
 
-A charge is one short transaction: one statement authenticates the caller, locks the dataset
-row, reads the run and its last charged unit (the run's per-unit costs, fixed at admission, are
-read once per process); then one statement writes the ledger entry and the dataset's budget state
-(an INSERT and an UPDATE on SQLite), and the commit. No
-accounting math happens under the lock: :func:`app.ledger.transitions.charge` only adds integers.
+A charge is one short transaction on a bare Core connection: one statement authenticates the
+caller, locks the dataset row, reads the run and its last charged unit (the run's per-unit costs,
+fixed at admission, are read once per process); then one statement writes the ledger entry and
+the dataset's budget state (an INSERT and an UPDATE on SQLite), and the commit. No accounting
+math happens under the lock: :func:`app.ledger.transitions.charge` only adds integers.
 """
 
 from __future__ import annotations

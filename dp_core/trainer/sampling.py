@@ -24,8 +24,6 @@ from dp_core.sampling import UNIFORM_GRID, rate_down
 
 __all__ = ["bernoulli_mask", "poisson_batch", "rate_down", "split_physical", "steps_per_epoch"]
 
-_GRID = UNIFORM_GRID  # torch.rand(dtype=float64) on CPU draws k / 2^53, k uniform in [0, 2^53)
-
 
 def bernoulli_mask(probabilities: Tensor | float, count: int, generator: torch.Generator) -> Tensor:
     """Return ``count`` independent draws, True with probability ``rate_down(p) <= p``.
@@ -38,7 +36,8 @@ def bernoulli_mask(probabilities: Tensor | float, count: int, generator: torch.G
         raise InvalidParameterError("generator", generator.device.type, "must be a CPU generator")
     uniform = torch.rand(count, generator=generator, dtype=torch.float64)
     if isinstance(probabilities, Tensor):
-        threshold = torch.floor(probabilities.to(torch.float64) * _GRID) / _GRID
+        # rate_down, elementwise: torch.rand(dtype=float64) on CPU draws k / 2^53
+        threshold = torch.floor(probabilities.to(torch.float64) * UNIFORM_GRID) / UNIFORM_GRID
     else:
         threshold = torch.tensor(rate_down(probabilities), dtype=torch.float64)
     return uniform < threshold

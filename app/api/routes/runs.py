@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine
 
 from app.api.deps import (
     BearerTokenDep,
@@ -107,16 +106,14 @@ def get_run_statement(
     return statement.get_statement(session, run_id, principal, records_per_user=records_per_user)
 
 
-def _charge(engine: Engine, run_id: int, unit: int, token: str | None) -> EpochChargeRead:
-    return charging.charge_unit(engine, run_id, unit, token)
-
-
 @router.post("/{run_id}/epochs", responses=_CONFLICT)
 async def charge_epoch(
     run_id: RunId, body: EpochCharge, request: Request, token: BearerTokenDep
 ) -> EpochChargeRead:
     """Charge epoch ``epoch`` before the trainer starts it (idempotent per run and epoch)."""
-    return await run_in_threadpool(_charge, get_engine(request), run_id, body.epoch, token)
+    return await run_in_threadpool(
+        charging.charge_unit, get_engine(request), run_id, body.epoch, token
+    )
 
 
 @router.post("/{run_id}/batches", responses=_CONFLICT)
@@ -124,7 +121,9 @@ async def charge_batch(
     run_id: RunId, body: BatchCharge, request: Request, token: BearerTokenDep
 ) -> BatchChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
-    charged = await run_in_threadpool(_charge, get_engine(request), run_id, body.batch, token)
+    charged = await run_in_threadpool(
+        charging.charge_unit, get_engine(request), run_id, body.batch, token
+    )
     return BatchChargeRead(
         run_id=charged.run_id,
         batch=charged.epoch,
