@@ -20,9 +20,11 @@ __all__ = [
     "EpochBeyondPlanError",
     "EpochOutOfOrderError",
     "InvalidInputError",
+    "NeighbouringRelationMismatchError",
     "NotFoundError",
     "PermissionDeniedError",
     "RunNotActiveError",
+    "UnitMismatchError",
     "UnsupportedError",
 ]
 
@@ -123,6 +125,18 @@ class PrivacyUnitMismatchError(ConflictError):
     """The run's mechanism protects another unit (user or example) than the dataset declares."""
 
     code = "privacy_unit_mismatch"
+
+
+class NeighbouringRelationMismatchError(ConflictError):
+    """The run's accounting uses another neighbouring relation than the dataset's runs."""
+
+    code = "neighbouring_relation_mismatch"
+
+
+class UnitMismatchError(ConflictError):
+    """A charge sent to the route of another unit (a PATE batch to a DP-SGD run, or back)."""
+
+    code = "unit_mismatch"
 
 
 class CalibrationFailedError(InvalidInputError):

@@ -103,6 +103,10 @@ class Dataset(Base):
     privacy_unit: Mapped[str] = mapped_column(
         String(16), default="example", server_default="example"
     )
+    #: The neighbouring relation every admitted run's accounting uses ("add_remove" or
+    #: "replace_one"), fixed by the first admitted run (null before); runs of the other relation
+    #: are refused (:mod:`app.ledger.compatibility`).
+    neighbouring_relation: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 

@@ -179,6 +179,13 @@ class DatasetRead(BaseModel):
     privacy_unit: PrivacyUnit = Field(
         default="example", description="What one unit of privacy protects: an example or a user."
     )
+    neighbouring_relation: Literal["add_remove", "replace_one"] | None = Field(
+        default=None,
+        description=(
+            "The neighbouring relation of the budget's guarantee: add/remove one unit, or replace"
+            " one unit (fixed-size sampling); fixed by the first admitted run (null before)."
+        ),
+    )
 
 
 class DatasetList(BaseModel):

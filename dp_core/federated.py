@@ -41,7 +41,7 @@ import numpy as np
 from scipy import special
 
 from dp_core.errors import InvalidParameterError
-from dp_core.mechanisms import register_mechanism_codec
+from dp_core.mechanisms import ADD_REMOVE, REPLACE_ONE, register_mechanism_codec
 from dp_core.rdp.compose import register_rdp
 from dp_core.rdp.orders import FloatArray
 from dp_core.rdp.sampled_gaussian import rdp_sampled_gaussian
@@ -139,6 +139,11 @@ class DpFedAvgRounds:
         )
 
     @property
+    def neighbouring_relation(self) -> str:
+        """Replace-one-user for fixed-size sampling (N public), add/remove-one-user for Poisson."""
+        return REPLACE_ONE if self.sampling == "fixed" else ADD_REMOVE
+
+    @property
     def effective_noise_multiplier(self) -> float:
         """Noise std over the sensitivity: sigma C / C'."""
         return self.noise_multiplier * self.clip / self.sensitivity
@@ -160,7 +165,8 @@ def _wbk_integer_order(*, order: int, gamma: float, noise_multiplier: float) -> 
     eps2 = 4.0 / s2  # eps(2) = 2 * 2 / sigma^2
     log_gamma = math.log(gamma)
     # j = 2: gamma^2 C(alpha,2) min{4 (e^eps2 - 1), 2 e^eps2}
-    log_second = min(math.log(4.0) + math.log(math.expm1(eps2)), math.log(2.0) + eps2)
+    # log(e^x - 1) = x + log(1 - e^-x): finite for every x > 0 (expm1 overflows past x ~ 709).
+    log_second = min(math.log(4.0) + eps2 + math.log(-math.expm1(-eps2)), math.log(2.0) + eps2)
     logs = [2.0 * log_gamma + float(_log_binomial(order, np.array([2.0]))[0]) + log_second]
     if order >= 3:
         j = np.arange(3, order + 1, dtype=np.float64)

@@ -29,14 +29,15 @@ import numpy.typing as npt
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.errors import InvalidParameterError
-from dp_core.mechanisms import SampledGaussianSchedule
+from dp_core.mechanisms import Grouped, SampledGaussianSchedule
 from dp_core.pld import SCHEDULE_DISCRETIZATION, compute_epsilon_pld
-from dp_core.rdp.compose import compute_rdp
+from dp_core.rdp.compose import compute_rdp, register_rdp
 from dp_core.rdp.orders import DEFAULT_ORDERS, FloatArray
 from dp_core.schedules import NoiseSchedule
 from dp_core.validation import non_negative_int, open_probability, probability
 
 __all__ = [
+    "MAX_GROUP_ORDER",
     "UserLevelEpsilon",
     "compute_user_epsilon",
     "GroupOrders",
@@ -229,3 +230,21 @@ def _result(
 ) -> UserLevelEpsilon:
     best = min(epsilon_rdp, epsilon_pld)
     return UserLevelEpsilon(k, best, epsilon_rdp, order, epsilon_pld, rate, delta)
+
+
+#: Orders 2^c beta above this are not evaluated for a :class:`~dp_core.mechanisms.Grouped`
+#: description: their bound is +inf (trivially sound), which bounds an evaluation's cost.
+MAX_GROUP_ORDER = 1e6
+
+
+def _grouped_rdp(mechanism: Grouped, orders: FloatArray) -> FloatArray:
+    """RDP of a :class:`~dp_core.mechanisms.Grouped` description (Mironov 2017, Prop. 2)."""
+    return group_rdp_at_orders(
+        mechanism=mechanism.inner,
+        orders=orders,
+        records_per_user=mechanism.records,
+        max_order=MAX_GROUP_ORDER,
+    )
+
+
+register_rdp(Grouped, _grouped_rdp)

@@ -20,6 +20,7 @@ __all__ = [
     "MECHANISM_FORMAT_VERSION",
     "Composed",
     "Gaussian",
+    "Grouped",
     "Laplace",
     "Mechanism",
     "PoissonSampled",
@@ -28,6 +29,7 @@ __all__ = [
     "Tuning",
     "mechanism_from_dict",
     "mechanism_to_dict",
+    "neighbouring_relation",
 ]
 
 MECHANISM_FORMAT_VERSION = 1
@@ -115,6 +117,28 @@ class SampledGaussianSchedule:
             self.schedule.noise_multipliers(self.start_step, self.start_step + self.steps)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Grouped:
+    """``inner`` protecting individuals who contribute up to ``records`` records each (group privacy).
+
+    Its RDP is the group bound of Mironov 2017, Prop. 2 (see :mod:`dp_core.group`, which
+    registers the rule): a change of one individual is a change of up to ``records`` records.
+    ``records == 1`` is ``inner`` itself. Wrapping the description, rather than a flag beside it,
+    keeps K attached to the mechanism through every composite (a tuning job over a grouped base
+    is charged the tuning bound of the grouped base).
+    """
+
+    records: int
+    inner: Mechanism
+
+    def __post_init__(self) -> None:
+        records = non_negative_int("records", self.records)
+        if records < 1:
+            raise InvalidParameterError("records", self.records, "must be >= 1")
+        object.__setattr__(self, "records", records)
+        _check_mechanism("inner", self.inner)
+
+
 TUNING_DISTRIBUTIONS = ("negative_binomial", "poisson")
 
 
@@ -153,6 +177,12 @@ class Tuning:
         object.__setattr__(self, "eta", eta)
         object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "mu", positive_float("mu", self.mu))
+        if self.distribution == "poisson" and self.mu < 1.0:
+            # Thm. 6's log(mu)/(lambda - 1) term is negative for mu < 1 and unbounded below as
+            # lambda -> 1, so the bound would claim a negative divergence: refuse, never clamp.
+            raise InvalidParameterError(
+                "mu", self.mu, "must be >= 1 (Papernot & Steinke's Poisson bound needs E[K] >= 1)"
+            )
 
     @property
     def expected_runs(self) -> float:
@@ -166,7 +196,14 @@ class Tuning:
 
 
 Mechanism: TypeAlias = (
-    Gaussian | Laplace | PoissonSampled | Repeated | Composed | SampledGaussianSchedule | Tuning
+    Gaussian
+    | Laplace
+    | PoissonSampled
+    | Repeated
+    | Composed
+    | SampledGaussianSchedule
+    | Tuning
+    | Grouped
 )
 MECHANISM_TYPES: tuple[type, ...] = (
     Gaussian,
@@ -176,6 +213,7 @@ MECHANISM_TYPES: tuple[type, ...] = (
     Composed,
     SampledGaussianSchedule,
     Tuning,
+    Grouped,
 )
 
 
@@ -226,6 +264,7 @@ _ENCODERS: dict[type, tuple[str, _Encoder]] = {
             "mu": m.mu,
         },
     ),
+    Grouped: ("grouped", lambda m: {"records": m.records, "inner": _encode(m.inner)}),
 }
 
 _DECODERS: dict[str, _Decoder] = {
@@ -249,6 +288,7 @@ _DECODERS: dict[str, _Decoder] = {
         gamma=d.get("gamma", 0.5),
         mu=d.get("mu", 1.0),
     ),
+    "grouped": lambda d: Grouped(records=d["records"], inner=_decode(d["inner"])),
 }
 
 
@@ -291,3 +331,42 @@ def mechanism_from_dict(data: dict[str, Any]) -> Mechanism:
         )
     result: Mechanism = _decode(data.get("mechanism"))
     return result
+
+
+# --- the neighbouring relation a description's guarantee is stated under ----------------------
+
+#: Add or remove one unit (record or user): Poisson sampling, full-batch mechanisms, releases.
+ADD_REMOVE = "add_remove"
+#: Replace one unit by another (the dataset size is public): fixed-size sampling without
+#: replacement (Wang, Balle & Kasiviswanathan 2019).
+REPLACE_ONE = "replace_one"
+
+
+def _children(mechanism: object) -> tuple[object, ...]:
+    if isinstance(mechanism, Composed):
+        return mechanism.parts
+    if isinstance(mechanism, Tuning):
+        return (mechanism.base,)
+    inner = getattr(mechanism, "inner", None)
+    return () if inner is None else (inner,)
+
+
+def neighbouring_relation(mechanism: object) -> str:
+    """Return the neighbouring relation the RDP of ``mechanism`` is stated under.
+
+    A leaf states its own with a ``neighbouring_relation`` attribute (default add/remove);
+    composites inherit their parts'. RDP curves under different relations do not add up to a
+    guarantee under either, so a description that mixes them is refused.
+
+    Raises:
+        InvalidParameterError: when parts of ``mechanism`` use different relations.
+    """
+    own = getattr(mechanism, "neighbouring_relation", None)
+    if isinstance(own, str):
+        return own
+    relations = {neighbouring_relation(child) for child in _children(mechanism)}
+    if len(relations) > 1:
+        raise InvalidParameterError(
+            "mechanism", mechanism, f"mixes neighbouring relations {sorted(relations)}"
+        )
+    return relations.pop() if relations else ADD_REMOVE

@@ -56,6 +56,14 @@ class BudgetState:
         alive = tuple(b is not None and b >= 0 for b in capacity)
         return cls(target_epsilon, capacity, zero, zero, alive)
 
+    @property
+    def usable(self) -> bool:
+        """Whether some alive order can still hold a positive cost (a dead grid holds none)."""
+        return any(
+            alive and b is not None and s is not None and s < b
+            for alive, b, s in zip(self.alive, self.capacity, self.reserved, strict=True)
+        )
+
 
 @dataclass(frozen=True)
 class Admission:

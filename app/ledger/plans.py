@@ -35,8 +35,16 @@ from app.ledger import quanta
 from app.ledger.costs import UnitCosts
 from app.ledger.rounding import cost_up
 from dp_core.federated import DpFedAvgRounds
+from dp_core.group import MAX_GROUP_ORDER as DP_CORE_MAX_GROUP_ORDER
 from dp_core.group import group_exponent, group_order_map
-from dp_core.mechanisms import Composed, Gaussian, Laplace, SampledGaussianSchedule, Tuning
+from dp_core.mechanisms import (
+    Composed,
+    Gaussian,
+    Grouped,
+    Laplace,
+    SampledGaussianSchedule,
+    Tuning,
+)
 from dp_core.pate import PateMechanism as PateQueries
 from dp_core.pate import pate_mechanism
 from dp_core.rdp.compose import compute_rdp
@@ -75,6 +83,11 @@ class RunSpec:
             steps=self.steps_per_epoch * (stop - start),
             start_step=self.steps_per_epoch * start,
         )
+
+    def grouped_mechanism(self, start: int, stop: int) -> SampledGaussianSchedule | Grouped:
+        """Return epochs [start, stop) as they protect an individual: grouped when K > 1."""
+        inner = self.mechanism(start, stop)
+        return inner if self.group_size == 1 else Grouped(records=self.group_size, inner=inner)
 
     def noise_levels(self) -> int:
         """How many per-step evaluations the plan's cost needs (1 for constant noise).
@@ -141,8 +154,9 @@ class RunSpec:
 
 
 #: Orders 2^c beta above this are not evaluated for a group (their cost is +inf: that order of
-#: the dataset's filter is then out of reach for the run, never under-charged).
-MAX_GROUP_ORDER = 1e6
+#: the dataset's filter is then out of reach for the run, never under-charged). The same limit
+#: as dp_core's rule for :class:`dp_core.mechanisms.Grouped`, so both read the same bound.
+MAX_GROUP_ORDER = DP_CORE_MAX_GROUP_ORDER
 
 
 def _one_step(spec: RunSpec) -> SampledGaussianSchedule:
@@ -244,8 +258,11 @@ class TuningSpec:
         """Return the tuning job for [0, 1), nothing for an empty range."""
         if start >= stop:
             return Composed(())
+        # The base as it protects an individual (grouped when K > 1): the tuning bound is then
+        # stated for the same neighbouring relation as the base (Papernot & Steinke's theorems
+        # hold for any relation under which the base is RDP).
         return Tuning(
-            base=self.base.mechanism(0, self.base.epochs),
+            base=self.base.grouped_mechanism(0, self.base.epochs),
             distribution=self.distribution,
             eta=self.eta,
             gamma=self.gamma,

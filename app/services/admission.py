@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import BudgetExceededError, ConflictError
-from app.ledger import transitions
+from app.ledger import compatibility, transitions
 from app.ledger.budget import Admission, BudgetState
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import DEFAULT_MAX_NOISE_LEVELS, ChargeSpec, ReleaseSpec
@@ -34,18 +34,20 @@ from app.services.accounting import (
     charge_spec,
     plan_costs,
     stored_mechanism,
+    translated_dp_errors,
 )
 from app.services.approx_release import admit_approx_release
 from app.services.datasets import (
     budget_state,
-    check_privacy_unit,
     find_dataset,
     lock_dataset,
+    privacy_unit_of,
     store_budget_state,
 )
 from app.services.fit import WhatFits, what_fits
 from app.services.ledger_writes import write_entries
 from app.services.runs import find_run, new_run, read_run, run_to_read
+from dp_core.mechanisms import neighbouring_relation
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class AdmissionRequest:
     stored: dict[str, object]
     costs: UnitCosts
     mode: HoldMode
+    relation: str
 
 
 def verdict(admission: Admission, orders: list[float]) -> FilterVerdict:
@@ -137,10 +140,9 @@ def admit_run(
             return earlier
     mechanism = body.resolved_mechanism()
     with read_transaction(session):  # the unit is fixed at creation: no lock needed
-        check_privacy_unit(
-            find_dataset(session, body.dataset),
-            mechanism.kind,
-            getattr(mechanism, "privacy_unit", "example"),
+        dataset = find_dataset(session, body.dataset)
+        compatibility.check_privacy_unit(
+            dataset=dataset.name, dataset_unit=privacy_unit_of(dataset), mechanism=mechanism
         )
     if isinstance(mechanism, ApproxDpRelease):
         return admit_approx_release(
@@ -176,7 +178,9 @@ def _resolve(
         orders = list(find_dataset(session, body.dataset).orders)
     costs = plan_costs(spec, orders, max_noise_levels=max_noise_levels)
     mode = HoldMode.once if isinstance(spec, ReleaseSpec) else HoldMode(body.reservation.value)
-    return AdmissionRequest(body, spec, stored, costs, mode)
+    with translated_dp_errors():
+        relation = neighbouring_relation(spec.mechanism(0, spec.units))
+    return AdmissionRequest(body, spec, stored, costs, mode, relation)
 
 
 def _admit(
@@ -190,6 +194,11 @@ def _admit(
     with write_transaction(session):
         dataset = find_dataset(session, body.dataset)
         dataset = lock_dataset(session, dataset.id)
+        relation = compatibility.check_neighbouring_relation(
+            dataset=dataset.name,
+            dataset_relation=dataset.neighbouring_relation,
+            run_relation=request.relation,
+        )
         before = budget_state(dataset)
         step = transitions.open_run(before, RunState(costs=request.costs, mode=request.mode))
         run = new_run(
@@ -204,6 +213,7 @@ def _admit(
         session.add(run)
         session.flush()
         if not step.refused:
+            dataset.neighbouring_relation = relation
             _apply(session, dataset, run, request, step, principal.actor)
         session.flush()
         result = run_to_read(run, dataset, step.run.charged)
@@ -233,6 +243,11 @@ def _apply(
 def _preview(session: Session, request: AdmissionRequest, log: AdmissionLog) -> AdmissionPreview:
     with read_transaction(session):
         dataset = find_dataset(session, request.body.dataset)
+        compatibility.check_neighbouring_relation(
+            dataset=dataset.name,
+            dataset_relation=dataset.neighbouring_relation,
+            run_relation=request.relation,
+        )
         state: BudgetState = budget_state(dataset)
     step = transitions.open_run(state, RunState(costs=request.costs, mode=request.mode))
     assert step.admission is not None

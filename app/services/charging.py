@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_connection, write_transaction
 from app.errors import NotFoundError
-from app.ledger import quanta, transitions
+from app.ledger import compatibility, quanta, transitions
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind
@@ -249,7 +249,12 @@ def _write_charge(connection: Connection, params: dict[str, Any]) -> tuple[int, 
 
 
 def charge_unit(
-    engine: Engine, run_id: int, unit: int, caller: str | Principal | None
+    engine: Engine,
+    run_id: int,
+    unit: int,
+    caller: str | Principal | None,
+    *,
+    route: str = "epochs",
 ) -> EpochChargeRead:
     """Charge unit ``unit`` (an epoch, a PATE batch) before the caller starts it.
 
@@ -260,6 +265,7 @@ def charge_unit(
     with write_connection(engine) as connection:
         locked = _lock_for_charge(connection, run_id, caller)
         run, dataset = locked.run, locked.dataset
+        compatibility.check_unit_route(run_id=run.id, kind=run.kind, route=route)
         plan = _plan_of(connection, run, list(dataset.orders))
         state = budget_state(dataset)
         step = transitions.charge(state, run_state(run, plan.costs, locked.charged), unit)

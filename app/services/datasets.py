@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from sqlalchemy import func, select
@@ -17,7 +18,6 @@ from app.errors import (
     DatasetExistsError,
     InvalidInputError,
     NotFoundError,
-    PrivacyUnitMismatchError,
 )
 from app.ledger import budget
 from app.ledger.budget import BudgetState
@@ -51,7 +51,16 @@ def dataset_to_read(dataset: Dataset) -> DatasetRead:
         epsilon_remaining=numbers.remaining,
         created_at=dataset.created_at,
         privacy_unit=privacy_unit_of(dataset),
+        neighbouring_relation=relation_of(dataset),
     )
+
+
+def relation_of(dataset: Dataset) -> Literal["add_remove", "replace_one"] | None:
+    """Return the dataset's neighbouring relation (None before its first admitted run)."""
+    relation = dataset.neighbouring_relation
+    if relation is None:
+        return None
+    return "replace_one" if relation == "replace_one" else "add_remove"
 
 
 def finite(value: float) -> float | None:
@@ -182,6 +191,13 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
         orders=orders, weights=weights, target_epsilon=epsilon, target_delta=delta
     )
     start = BudgetState.empty(target_epsilon=epsilon, capacity=capacity)
+    if not start.usable:
+        raise InvalidInputError(
+            f"no order of the grid can hold any RDP at target_epsilon {epsilon:g} and"
+            f" target_delta {delta:g}: at every order the conversion to (epsilon, delta) alone"
+            " exceeds the target (orders near 1 need a large epsilon); use larger orders",
+            parameter="orders",
+        )
     dataset = Dataset(
         name=body.name,
         description=body.description,
@@ -213,30 +229,6 @@ def create_dataset(session: Session, body: DatasetCreate, principal: Principal) 
 def privacy_unit_of(dataset: Dataset) -> PrivacyUnit:
     """Return the dataset's privacy unit ("example" for rows made before the column existed)."""
     return "user" if dataset.privacy_unit == "user" else "example"
-
-
-#: The privacy unit each mechanism kind protects; a dataset admits only runs of its own unit.
-_USER_LEVEL_KINDS = frozenset({"dp_fedavg"})
-
-
-def check_privacy_unit(dataset: Dataset, kind: str, run_unit: str = "example") -> None:
-    """Refuse a run whose mechanism protects another unit than the dataset declares (409).
-
-    DP-FedAvg, and DP-SGD with ``privacy_unit="user"`` (per-user clipping, user-level
-    sampling), bound what one *user* (all their records) changes; other DP-SGD runs, PATE and
-    releases bound one *example*. Composing the two on one budget would state neither guarantee,
-    so a dataset holds runs of one unit only.
-    """
-    user_level = kind in _USER_LEVEL_KINDS or run_unit == "user"
-    wanted: PrivacyUnit = "user" if user_level else "example"
-    unit = privacy_unit_of(dataset)
-    if wanted != unit:
-        raise PrivacyUnitMismatchError(
-            f"dataset {dataset.name!r} protects one {unit} per unit of privacy, but a {kind} run"
-            f" protects one {wanted}; create a dataset with privacy_unit={wanted!r} for it",
-            dataset_privacy_unit=unit,
-            run_privacy_unit=wanted,
-        )
 
 
 def find_dataset(session: Session, name: str) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -122,7 +123,11 @@ async def charge_batch(
 ) -> BatchChargeRead:
     """Charge batch ``batch`` of a PATE job before answering its queries (as epochs for DP-SGD)."""
     charged = await run_in_threadpool(
-        charging.charge_unit, get_engine(request), run_id, body.batch, token
+        partial(charging.charge_unit, route="batches"),
+        get_engine(request),
+        run_id,
+        body.batch,
+        token,
     )
     return BatchChargeRead(
         run_id=charged.run_id,

@@ -35,3 +35,16 @@ def test_importing_the_app_does_not_load_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+#: What the budget authority may not import: it decides, the services load and save.
+_LEDGER_FORBIDDEN = ("sqlalchemy", "fastapi", "starlette", "httpx", "app.models", "app.services",
+                     "app.db", "app.api")  # fmt: skip
+
+
+def test_the_ledger_is_pure():
+    files = sorted((APP / "ledger").rglob("*.py"))
+    assert len(files) >= 7
+    for path in files:
+        for name in _imports(path):
+            assert not name.startswith(_LEDGER_FORBIDDEN), f"{path}: {name}"
