@@ -67,6 +67,7 @@ __all__ = [
     "MaxStepsRead",
     "Mechanism",
     "NO_RETRY",
+    "NeighbouringRelationMismatch",
     "NoiseMultiplierRead",
     "NoiseSpec",
     "NotFound",
@@ -84,6 +85,7 @@ __all__ = [
     "TokenCreated",
     "Tuning",
     "Unauthorized",
+    "UnitMismatch",
     "Unreachable",
     "Unsupported",
     "UserLevelRead",
@@ -127,6 +129,7 @@ class DatasetRead(_Result):
     epsilon_remaining: float
     created_at: datetime
     privacy_unit: str = "example"
+    neighbouring_relation: str | None = None
 
 
 class DatasetList(_Result):
@@ -674,6 +677,18 @@ class PrivacyUnitMismatch(Conflict):
     """The run protects another privacy unit (user or example) than the dataset declares."""
 
     codes = ("privacy_unit_mismatch",)
+
+
+class NeighbouringRelationMismatch(Conflict):
+    """The run's accounting uses another neighbouring relation than the dataset's runs."""
+
+    codes = ("neighbouring_relation_mismatch",)
+
+
+class UnitMismatch(Conflict):
+    """A charge sent to another unit's route (a PATE batch to a DP-SGD run, or back)."""
+
+    codes = ("unit_mismatch",)
 
 
 class RunNotActive(Conflict):

@@ -28,7 +28,7 @@ from app.ledger.plans import (
     TuningSpec,
     unit_costs,
 )
-from app.ledger.quanta import FloatArray, Vec
+from app.ledger.quanta import Vec
 from app.ledger.rounding import capacity_down
 from app.schemas import (
     AnyMechanism,
@@ -47,7 +47,7 @@ from app.schemas import (
     TuningMechanism,
 )
 from dp_core.calibration import max_steps_within_budget
-from dp_core.conversion import rdp_capacity, rdp_to_epsilon
+from dp_core.conversion import rdp_capacity
 from dp_core.epochs import steps_per_epoch
 from dp_core.errors import (
     CalibrationError,
@@ -177,24 +177,6 @@ def filter_capacity(
     with translated_dp_errors():
         capacity = rdp_capacity(orders=list(orders), epsilon=target_epsilon, deltas=deltas)
     return capacity_down(np.asarray(capacity, dtype=np.float64))
-
-
-def epsilon_of_rdp(*, orders: Sequence[float], rdp: FloatArray, delta: float) -> float | None:
-    """Return the plain (non-adaptive) epsilon of an RDP curve, or None when it is unbounded."""
-    with translated_dp_errors():
-        result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
-    return result.epsilon if math.isfinite(result.epsilon) else None
-
-
-def epsilon_and_order_of_rdp(
-    *, orders: Sequence[float], rdp: FloatArray, delta: float
-) -> tuple[float | None, float | None]:
-    """Return the plain epsilon of an RDP curve and its order (None, None when unbounded)."""
-    with translated_dp_errors():
-        result = rdp_to_epsilon(orders=list(orders), rdp=rdp, delta=delta, warn=False)
-    if not math.isfinite(result.epsilon):
-        return None, None
-    return result.epsilon, result.order
 
 
 def charge_spec(mechanism: MechanismRequest) -> ChargeSpec:

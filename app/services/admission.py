@@ -19,6 +19,7 @@ from app.errors import BudgetExceededError, ConflictError
 from app.ledger import compatibility, transitions
 from app.ledger.budget import Admission, BudgetState
 from app.ledger.costs import UnitCosts
+from app.ledger.fit import WhatFits, what_fits
 from app.ledger.plans import DEFAULT_MAX_NOISE_LEVELS, ChargeSpec, ReleaseSpec
 from app.ledger.transitions import HoldMode, RunState, Transition
 from app.models import Dataset, Run
@@ -44,7 +45,6 @@ from app.services.datasets import (
     privacy_unit_of,
     store_budget_state,
 )
-from app.services.fit import WhatFits, what_fits
 from app.services.ledger_writes import write_entries
 from app.services.runs import find_run, new_run, read_run, run_to_read
 from dp_core.mechanisms import neighbouring_relation
@@ -222,7 +222,14 @@ def _admit(
         dataset=dataset.name, verdict=verdict(step.admission, dataset.orders), run_id=result.id
     )
     if step.refused:
-        fits = what_fits(before, request.spec, request.costs, request.mode, list(dataset.orders))
+        fits = what_fits(
+            before,
+            request.spec,
+            request.costs,
+            request.mode,
+            list(dataset.orders),
+            compatibility.unit_name(request.body.resolved_mechanism().kind),
+        )
         raise budget_refusal(dataset.name, dataset.target_epsilon, step.admission, result.id, fits)
     return result
 
@@ -255,7 +262,14 @@ def _preview(session: Session, request: AdmissionRequest, log: AdmissionLog) -> 
         dataset=dataset.name, verdict=verdict(step.admission, dataset.orders), run_id=None
     )
     if step.refused or step.admission.order_index is None:
-        fits = what_fits(state, request.spec, request.costs, request.mode, list(dataset.orders))
+        fits = what_fits(
+            state,
+            request.spec,
+            request.costs,
+            request.mode,
+            list(dataset.orders),
+            compatibility.unit_name(request.body.resolved_mechanism().kind),
+        )
         raise budget_refusal(dataset.name, dataset.target_epsilon, step.admission, None, fits)
     return AdmissionPreview(
         dataset=dataset.name,

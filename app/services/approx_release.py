@@ -1,16 +1,13 @@
-"""Black-box (epsilon, delta) releases, charged to the dataset's approximate-DP sub-budget.
+"""Black-box (epsilon, delta) releases, charged to the dataset's approximate-DP part.
 
-Some mechanisms come with an (epsilon, delta)-DP guarantee and no RDP curve. They cannot pass the
-RDP filter, so a dataset may set aside (eps_B, delta_B) of its budget at creation; the filter
-guards the rest, (eps_G - eps_B, delta_G - delta_B). Releases are admitted while the sums of their
-epsilons and deltas stay within (eps_B, delta_B): basic composition, which stays valid when the
-releases are chosen adaptively (the privacy filter of Rogers, Roth, Ullman & Vadhan 2016,
-Thm. 3.6). The two parts run side by side and compose to (eps_G, delta_G).
+The rule (basic composition against the part set aside at creation) is
+:mod:`app.ledger.approx`; this module loads the exact sums, asks the rule, and writes the run
+and its one charge through :mod:`app.services.ledger_writes`, in one transaction holding the
+dataset lock.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -21,14 +18,15 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
 from app.errors import BudgetExceededError
-from app.ledger import quanta
+from app.ledger import approx, quanta
+from app.ledger.approx import ApproxDecision
 from app.ledger.costs import UnitCosts
-from app.models import Dataset, LedgerEntry, Run
+from app.ledger.transitions import Entry, EntryKind
+from app.models import Dataset, Run
 from app.observability import log_approx_decision
 from app.schemas import (
     AdmissionPreview,
     ApproxDpRelease,
-    EntryKind,
     MechanismKind,
     RunCreate,
     RunRead,
@@ -36,26 +34,15 @@ from app.schemas import (
 )
 from app.services.accounting import stored_mechanism
 from app.services.datasets import find_dataset, lock_dataset
+from app.services.ledger_writes import ledger_row
 from app.services.runs import new_run, run_to_read
 
 #: How an approximate-DP release is described in the ledger (it has no dp_core mechanism).
 APPROX_DP_MECHANISM_VERSION = 1
 
 
-def _up(value: Fraction) -> float:
-    """Return the smallest float not below an exact sum: the reported totals never understate
-    what was released, and never pass a sub-budget the exact sum stays within."""
-    nearest = float(value)
-    return nearest if Fraction(nearest) >= value else math.nextafter(nearest, math.inf)
-
-
 def _spent_exactly(session: Session, dataset: Dataset) -> tuple[Fraction, Fraction]:
-    """Return the exact sums of the admitted releases' epsilons and deltas.
-
-    Summing in exact arithmetic lets releases fill the sub-budget to the last bit (0.6 + 0.4 fits
-    in 1.0) while never admitting a true sum above it; the float totals on the dataset row are
-    rounded up and only reported.
-    """
+    """Return the exact sums of the admitted releases' epsilons and deltas."""
     specs: Iterable[dict[str, Any] | None] = session.scalars(
         select(Run.spec).where(
             Run.dataset_id == dataset.id,
@@ -63,28 +50,24 @@ def _spent_exactly(session: Session, dataset: Dataset) -> tuple[Fraction, Fracti
             Run.status == RunStatus.finished.value,
         )
     )
-    epsilon, delta = Fraction(0), Fraction(0)
-    for spec in specs:
-        assert spec is not None
-        epsilon += Fraction(spec["epsilon"])
-        delta += Fraction(spec["delta"])
-    return epsilon, delta
+    return approx.exact_sums((spec["epsilon"], spec["delta"]) for spec in specs if spec)
 
 
-def _after(
-    session: Session, dataset: Dataset, release: ApproxDpRelease
-) -> tuple[Fraction, Fraction] | None:
-    """Return the exact spent sums with ``release`` added, or None when they would not fit."""
-    epsilon, delta = _spent_exactly(session, dataset)
-    epsilon, delta = epsilon + Fraction(release.epsilon), delta + Fraction(release.delta)
-    if epsilon <= Fraction(dataset.approx_epsilon) and delta <= Fraction(dataset.approx_delta):
-        return epsilon, delta
-    return None
+def _decide(session: Session, dataset: Dataset, release: ApproxDpRelease) -> ApproxDecision:
+    return approx.admit_release(
+        budget=(dataset.approx_epsilon, dataset.approx_delta),
+        spent=_spent_exactly(session, dataset),
+        release=(release.epsilon, release.delta),
+    )
 
 
 def _refusal(dataset: Dataset, release: ApproxDpRelease, run_id: int | None) -> BudgetExceededError:
-    remaining = max(0.0, dataset.approx_epsilon - dataset.approx_epsilon_spent)
-    remaining_delta = max(0.0, dataset.approx_delta - dataset.approx_delta_spent)
+    remaining = approx.part_remaining(
+        budget=dataset.approx_epsilon, spent=dataset.approx_epsilon_spent
+    )
+    remaining_delta = approx.part_remaining(
+        budget=dataset.approx_delta, spent=dataset.approx_delta_spent
+    )
     return BudgetExceededError(
         f"release ({release.epsilon:g}, {release.delta:g}) does not fit the approximate-DP"
         f" sub-budget of {dataset.name!r}: ({remaining:.6g}, {remaining_delta:.3g}) remaining",
@@ -99,12 +82,14 @@ def _refusal(dataset: Dataset, release: ApproxDpRelease, run_id: int | None) -> 
 def _preview(session: Session, name: str, release: ApproxDpRelease) -> AdmissionPreview:
     with read_transaction(session):
         dataset = find_dataset(session, name)
-        if _after(session, dataset, release) is None:
+        if not _decide(session, dataset, release).admitted:
             raise _refusal(dataset, release, None)
         return AdmissionPreview(
             dataset=dataset.name,
             epsilon_projected=dataset.approx_epsilon_spent + release.epsilon,
-            epsilon_remaining=max(0.0, dataset.approx_epsilon - dataset.approx_epsilon_spent),
+            epsilon_remaining=approx.part_remaining(
+                budget=dataset.approx_epsilon, spent=dataset.approx_epsilon_spent
+            ),
             order=None,
         )
 
@@ -126,8 +111,8 @@ def admit_approx_release(
         dataset_id = find_dataset(session, body.dataset).id
     with write_transaction(session):
         dataset = lock_dataset(session, dataset_id)
-        sums = _after(session, dataset, release)
-        admitted = sums is not None
+        decision = _decide(session, dataset, release)
+        admitted = decision.admitted
         zero = quanta.zeros(len(dataset.orders))
         run = new_run(
             body,
@@ -140,23 +125,14 @@ def admit_approx_release(
         )
         session.add(run)
         session.flush()
-        if sums is not None:
-            dataset.approx_epsilon_spent, dataset.approx_delta_spent = _up(sums[0]), _up(sums[1])
+        if admitted:
+            dataset.approx_epsilon_spent = decision.epsilon_spent
+            dataset.approx_delta_spent = decision.delta_spent
             run.status = RunStatus.finished.value
-            session.add(
-                LedgerEntry(
-                    dataset_id=dataset.id,
-                    run_id=run.id,
-                    kind=EntryKind.charge.value,
-                    epoch=0,
-                    rdp=zero,
-                    mechanism={
-                        "version": APPROX_DP_MECHANISM_VERSION,
-                        "mechanism": {"type": "ApproxDp", **stored},
-                    },
-                    actor=principal.actor,
-                )
-            )
+            entry = Entry(EntryKind.charge, 0, 1, zero)
+            mechanism = {"version": APPROX_DP_MECHANISM_VERSION,
+                         "mechanism": {"type": "ApproxDp", **stored}}  # fmt: skip
+            session.add(ledger_row(dataset, run, entry, mechanism, principal.actor))
         session.flush()
         result = run_to_read(run, dataset, 1 if admitted else 0)
     log_approx_decision(

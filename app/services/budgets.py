@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.auth import Principal
 from app.db import read_transaction
-from app.ledger import budget, quanta
+from app.ledger import budget, quanta, readouts
 from app.ledger.transitions import EntryKind
 from app.models import Dataset, LedgerEntry, Run
 from app.schemas import (
@@ -27,7 +27,6 @@ from app.schemas import (
     RunBudget,
     RunStatus,
 )
-from app.services.accounting import epsilon_of_rdp
 from app.services.datasets import (
     approx_dp_budget,
     budget_state,
@@ -75,13 +74,9 @@ def _spend_by_kind(dataset: Dataset, runs: list[Run], charged: dict[int, int]) -
             for run in of_kind:
                 if charged.get(run.id):
                     total = quanta.add(total, run_costs(run, orders).total(0, charged[run.id]))
-            epsilon = (
-                0.0
-                if quanta.is_zero(total)
-                else epsilon_of_rdp(
-                    orders=orders, rdp=quanta.to_floats_up(total), delta=dataset.target_delta
-                )
-            )
+            epsilon = readouts.epsilon_of_vector(
+                orders=orders, vector=total, delta=dataset.target_delta
+            ).epsilon
         rows.append(KindSpend(kind=kind, runs=len(of_kind), epsilon_run=epsilon))
     return rows
 
@@ -108,7 +103,6 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             )
             for run in runs
         ]
-        committed = quanta.to_floats_up(dataset.rdp_committed)
         return BudgetRead(
             dataset=dataset.name,
             target_epsilon=dataset.target_epsilon,
@@ -116,13 +110,9 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             epsilon_spent=finite(numbers.spent),
             epsilon_reserved=finite(numbers.reserved),
             epsilon_remaining=numbers.remaining,
-            epsilon_non_adaptive=(
-                0.0
-                if quanta.is_zero(dataset.rdp_committed)
-                else epsilon_of_rdp(
-                    orders=dataset.orders, rdp=committed, delta=dataset.target_delta
-                )
-            ),
+            epsilon_non_adaptive=readouts.epsilon_of_vector(
+                orders=dataset.orders, vector=dataset.rdp_committed, delta=dataset.target_delta
+            ).epsilon,
             runs=run_rows,
             by_kind=_spend_by_kind(dataset, runs, charged),
             approx_dp=approx_dp_budget(dataset),

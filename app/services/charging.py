@@ -19,14 +19,13 @@ from sqlalchemy.orm import Session
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_connection, write_transaction
 from app.errors import NotFoundError
-from app.ledger import compatibility, quanta, transitions
+from app.ledger import compatibility, readouts, transitions
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind
 from app.models import ApiToken, Dataset, LedgerEntry, Run, utc_now
 from app.observability import AdmissionLog, log_charge
 from app.schemas import EpochChargeRead, MechanismKind, RunRead, RunStatus
-from app.services.accounting import epsilon_of_rdp
 from app.services.admission import budget_refusal, verdict
 from app.services.datasets import budget_state, lock_dataset, store_budget_state
 from app.services.ledger_writes import entry_mechanism, write_entries
@@ -152,8 +151,9 @@ def _lock_for_charge(
 
 
 def _epsilon_run(dataset: Dataset, costs: UnitCosts, charged: int) -> float | None:
-    rdp = quanta.to_floats_up(costs.total(0, charged))
-    return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
+    return readouts.run_epsilon(
+        orders=dataset.orders, costs=costs, units=charged, delta=dataset.target_delta
+    ).epsilon
 
 
 def _existing(

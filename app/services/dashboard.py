@@ -1,7 +1,7 @@
 """What the dashboard pages show: read-only views over datasets, their ledgers and runs.
 
 Every number comes from the same code as the JSON API (:mod:`app.services.budgets`,
-:mod:`app.ledger.budget`, :func:`app.services.accounting.epsilon_of_rdp`), so a page and
+:mod:`app.ledger.budget`, :mod:`app.ledger.readouts`), so a page and
 ``GET /v1/datasets/{name}/budget`` always agree. The one new computation is the history of
 epsilon spent, which replays the ledger through the ledger's own transitions
 (:func:`app.ledger.transitions.replay_entry`, see :func:`_spend_history`).
@@ -23,14 +23,13 @@ from app.auth import Principal
 from app.db import read_transaction
 from app.errors import AuthenticationError
 from app.ledger import budget as ledger_budget
-from app.ledger import quanta
+from app.ledger import quanta, readouts
 from app.ledger.budget import BudgetState
 from app.ledger.quanta import Vec
 from app.ledger.transitions import replay_entry
 from app.models import Dataset, LedgerEntry, Run
 from app.schemas import AuditRead, BudgetRead, DatasetRead, EntryKind, Role, RunRead
 from app.services import budgets
-from app.services.accounting import epsilon_of_rdp
 from app.services.audits import audit_to_read, run_audits
 from app.services.datasets import budget_state, dataset_to_read, find_dataset
 from app.services.runs import find_run, read_run
@@ -293,16 +292,9 @@ def _spend_history(session: Session, dataset: Dataset) -> SpendHistory:
         if kind != EntryKind.charge.value:
             continue
         if index in keep:
-            committed = replay.state.committed
-            non_adaptive = (
-                0.0
-                if quanta.is_zero(committed)
-                else epsilon_of_rdp(
-                    orders=dataset.orders,
-                    rdp=quanta.to_floats_up(committed),
-                    delta=dataset.target_delta,
-                )
-            )
+            non_adaptive = readouts.epsilon_of_vector(
+                orders=dataset.orders, vector=replay.state.committed, delta=dataset.target_delta
+            ).epsilon
             points.append(
                 SpendPoint(created_at, run_id, epoch, replay.epsilon_spent(), non_adaptive)
             )
@@ -363,9 +355,7 @@ def _vector(values: Vec | None) -> list[float | None]:
 
 
 def _epsilon(orders: list[float], values: Vec, delta: float) -> float | None:
-    if quanta.is_zero(values):
-        return 0.0
-    return epsilon_of_rdp(orders=orders, rdp=quanta.to_floats_up(values), delta=delta)
+    return readouts.epsilon_of_vector(orders=orders, vector=values, delta=delta).epsilon
 
 
 def _run_entries(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -19,9 +18,9 @@ from app.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from app.ledger import budget
+from app.ledger import approx, budget
+from app.ledger.approx import filter_target
 from app.ledger.budget import BudgetState
-from app.ledger.rounding import subtract_down
 from app.models import Dataset
 from app.schemas import (
     ApproxDpBudget,
@@ -98,21 +97,9 @@ def approx_dp_budget(dataset: Dataset) -> ApproxDpBudget:
         delta=dataset.approx_delta,
         epsilon_spent=dataset.approx_epsilon_spent,
         delta_spent=dataset.approx_delta_spent,
-        epsilon_remaining=max(
-            0.0, subtract_down(dataset.approx_epsilon, dataset.approx_epsilon_spent)
+        epsilon_remaining=approx.part_remaining(
+            budget=dataset.approx_epsilon, spent=dataset.approx_epsilon_spent
         ),
-    )
-
-
-@functools.lru_cache(maxsize=4096)  # pure; exact Fraction arithmetic, read on every charge
-def filter_target(
-    *, target_epsilon: float, target_delta: float, approx_epsilon: float, approx_delta: float
-) -> tuple[float, float]:
-    """Return the (epsilon, delta) the admission filter guards: the budget minus the part set
-    aside, each rounded down (toward privacy)."""
-    return (
-        subtract_down(target_epsilon, approx_epsilon),
-        subtract_down(target_delta, approx_delta),
     )
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError
-from app.ledger import quanta
+from app.ledger import quanta, readouts
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind, HoldMode, RunState
@@ -27,7 +27,6 @@ from app.schemas import (
 )
 from app.services.accounting import (
     charge_spec,
-    epsilon_of_rdp,
     parse_mechanism,
     plan_costs,
 )
@@ -116,8 +115,9 @@ def run_epsilon(run: Run, dataset: Dataset, charged: int) -> float | None:
     if isinstance(mechanism, ApproxDpRelease):
         return mechanism.epsilon
     costs = run_costs(run, list(dataset.orders))
-    rdp = quanta.to_floats_up(costs.total(0, charged))
-    return epsilon_of_rdp(orders=dataset.orders, rdp=rdp, delta=dataset.target_delta)
+    return readouts.run_epsilon(
+        orders=dataset.orders, costs=costs, units=charged, delta=dataset.target_delta
+    ).epsilon
 
 
 def api_status(run: Run, charged: int) -> RunStatus:

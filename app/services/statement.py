@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.auth import Principal
 from app.db import read_transaction
 from app.errors import InvalidInputError
-from app.ledger import quanta
+from app.ledger import readouts
 from app.models import Dataset, Run
 from app.schemas import (
     ApproxDpRelease,
@@ -23,7 +23,7 @@ from app.schemas import (
     MechanismKind,
     StatementRead,
 )
-from app.services.accounting import epsilon_and_order_of_rdp, translated_dp_errors
+from app.services.accounting import translated_dp_errors
 from app.services.datasets import finite, headline
 from app.services.runs import (
     api_status,
@@ -143,13 +143,10 @@ def _ledger_order_and_plan(
         return None, run_epsilon(run, dataset, 1)
     orders = list(dataset.orders)
     costs = run_costs(run, orders)
-    order = None
-    if charged > 0:
-        rdp = quanta.to_floats_up(costs.total(0, charged))
-        order = epsilon_and_order_of_rdp(orders=orders, rdp=rdp, delta=dataset.target_delta)[1]
-    planned_rdp = quanta.to_floats_up(costs.total(0, run.epochs))
-    planned = epsilon_and_order_of_rdp(orders=orders, rdp=planned_rdp, delta=dataset.target_delta)
-    return order, planned[0]
+    delta = dataset.target_delta
+    charged_readout = readouts.run_epsilon(orders=orders, costs=costs, units=charged, delta=delta)
+    planned = readouts.run_epsilon(orders=orders, costs=costs, units=run.epochs, delta=delta)
+    return charged_readout.order, planned.epsilon
 
 
 def _number(value: float | None, digits: int = 4) -> str:

@@ -172,3 +172,15 @@ async def test_a_refused_first_run_does_not_fix_the_relation(client):
     assert poisson.status_code == 201, poisson.text
     relation = (await client.get("/v1/datasets/clinics")).json()["neighbouring_relation"]
     assert relation == "add_remove"
+
+
+async def test_a_refusal_names_the_runs_own_unit(client):
+    await make_dataset(client, name="clinics", privacy_unit="user", target_epsilon=2)
+    body = fedavg("poisson", rounds=400, noise_multiplier=2.0)
+    refused = await client.post("/v1/runs?dry_run=true", json=body)
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["message"]
+    fits = refused.json()["epochs_that_fit"]
+    assert fits and f"{fits} rounds would fit" in message
+    assert "would fit all rounds" in message
+    assert "epoch" not in message

@@ -76,7 +76,8 @@ def test_0005_turns_float_vectors_into_exact_quanta_and_keeps_runs_in_flight_cha
     """A dataset with a plan run in flight (1 of 3 epochs charged), written by the float ledger."""
     from app.ledger import quanta
     from app.models import Dataset
-    from app.services.accounting import DEFAULT_FILTER_ORDERS, epsilon_of_rdp, filter_capacity
+    from app.services.accounting import DEFAULT_FILTER_ORDERS, filter_capacity
+    from dp_core.conversion import rdp_to_epsilon
     from dp_core.mechanisms import SampledGaussianSchedule
     from dp_core.rdp.compose import compute_rdp
     from dp_core.schedules import NoiseSchedule
@@ -161,8 +162,11 @@ def test_0005_turns_float_vectors_into_exact_quanta_and_keeps_runs_in_flight_cha
         with factory() as session:
             run = finish_run(session, 1, admin)
         assert (run.status, run.epochs_charged) == ("finished", 3)
-        assert run.epsilon_run == epsilon_of_rdp(
-            orders=orders, rdp=quanta.to_floats_up(run_costs_total(factory, 3)), delta=1e-5
+        assert (
+            run.epsilon_run
+            == rdp_to_epsilon(
+                orders=orders, rdp=quanta.to_floats_up(run_costs_total(factory, 3)), delta=1e-5
+            ).epsilon
         )
         with factory() as session:
             dataset = session.get_one(Dataset, 1)

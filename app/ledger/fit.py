@@ -16,9 +16,9 @@ from app.errors import AppError
 from app.ledger import transitions
 from app.ledger.budget import BudgetState
 from app.ledger.costs import UnitCosts
-from app.ledger.plans import ChargeSpec, RunSpec
+from app.ledger.plans import ChargeSpec, RunSpec, unit_costs
 from app.ledger.transitions import HoldMode, RunState
-from app.services.accounting import plan_costs
+from dp_core.errors import DpCoreError
 
 #: The noise search gives up beyond this multiple of the requested noise.
 _MAX_NOISE_FACTOR = 1e4
@@ -31,14 +31,18 @@ class WhatFits:
 
     epochs: int | None
     noise_multiplier: float | None
+    unit: str = "epoch"
 
     def sentence(self) -> str:
-        """Return the refusal's hint, e.g. '; 4 epochs would fit, or noise_multiplier 1.37'."""
+        """Return the refusal's hint, e.g. '; 4 epochs would fit, or noise_multiplier 1.37'.
+
+        ``unit`` names the run's unit of charge (epoch, round, batch).
+        """
         parts = []
         if self.epochs:
-            parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} would fit")
+            parts.append(f"{self.epochs} {self.unit}{'s' if self.epochs != 1 else ''} would fit")
         if self.noise_multiplier is not None:
-            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all epochs")
+            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all {self.unit}s")
         return "; " + ", or ".join(parts) if parts else ""
 
 
@@ -80,8 +84,8 @@ def noise_multiplier_that_fits(
     def fits(sigma: float) -> bool:
         trial = replace(spec, schedule=replace(spec.schedule, noise_multiplier=sigma))
         try:
-            costs = plan_costs(trial, orders, max_noise_levels=1)
-        except AppError:
+            costs = unit_costs(trial, tuple(orders), max_noise_levels=1)
+        except (AppError, DpCoreError):  # a trial the accountant refuses does not fit
             return False
         return _fits(state, costs, mode)
 
@@ -103,7 +107,12 @@ def noise_multiplier_that_fits(
 
 
 def what_fits(
-    state: BudgetState, spec: ChargeSpec, costs: UnitCosts, mode: HoldMode, orders: list[float]
+    state: BudgetState,
+    spec: ChargeSpec,
+    costs: UnitCosts,
+    mode: HoldMode,
+    orders: list[float],
+    unit: str = "epoch",
 ) -> WhatFits | None:
     """Return what would fit a refused plan (None for kinds where neither answer applies)."""
     if mode is HoldMode.once:
@@ -112,4 +121,4 @@ def what_fits(
     noise = (
         noise_multiplier_that_fits(state, spec, mode, orders) if isinstance(spec, RunSpec) else None
     )
-    return WhatFits(epochs=epochs, noise_multiplier=noise)
+    return WhatFits(epochs=epochs, noise_multiplier=noise, unit=unit)
