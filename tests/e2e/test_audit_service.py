@@ -69,7 +69,7 @@ def test_audit_run_is_charged_and_its_result_stored(service):
 
 
 def test_refused_audit_exits_3_and_stores_nothing(service):
-    token = _dataset_and_token(service, "audit-small", target_epsilon=0.05)
+    token = _dataset_and_token(service, "audit-small", target_epsilon=0.3)
     result = _audit_cli(service, token, "audit-small")
     assert result.exit_code == 3, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -90,7 +90,7 @@ async def test_concurrent_reservation_stops_an_epoch_mode_run_where_the_rule_say
 
 
 async def test_epoch_mode_admission_refuses_when_not_even_one_epoch_fits(client, database_url):
-    await make_dataset(client, target_epsilon=0.05)
+    await make_dataset(client, target_epsilon=0.3)
     before = snapshot(database_url)
     dry = await client.post("/v1/runs?dry_run=true", json=run_body(reservation="epoch"))
     assert dry.status_code == 409 and dry.json()["code"] == "budget_exceeded"

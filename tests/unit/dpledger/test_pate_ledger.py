@@ -39,7 +39,7 @@ def ledger(tmp_path, monkeypatch):
         _route_clients(monkeypatch, running.client)
         with running.client() as admin:
             admin.create_dataset(name="d", target_epsilon=8.0, target_delta=1e-5)
-            admin.create_dataset(name="tiny", target_epsilon=0.2, target_delta=1e-5)
+            admin.create_dataset(name="tiny", target_epsilon=0.3, target_delta=1e-5)
         yield running
 
 
