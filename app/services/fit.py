@@ -16,7 +16,7 @@ from app.errors import AppError
 from app.ledger import transitions
 from app.ledger.budget import BudgetState
 from app.ledger.costs import UnitCosts
-from app.ledger.plans import ChargeSpec, RunSpec
+from app.ledger.plans import ChargeSpec, FedAvgSpec, PateSpec, RunSpec
 from app.ledger.transitions import HoldMode, RunState
 from app.services.accounting import plan_costs
 
@@ -25,21 +25,39 @@ _MAX_NOISE_FACTOR = 1e4
 _NOISE_STEPS = 40
 
 
+_PLURALS = {"epoch": "epochs", "batch": "batches", "round": "rounds", "unit": "units"}
+
+
+def _units(count: int, unit: str) -> str:
+    return f"{count} {unit if count == 1 else _PLURALS[unit]}"
+
+
 @dataclass(frozen=True)
 class WhatFits:
-    """The largest number of units that fits as requested, and the noise that fits the plan."""
+    """The largest number of units that fits as requested, and the noise that fits the plan.
+
+    ``unit`` names the plan's unit of charge in the sentence: an epoch (DP-SGD), a batch of
+    queries (PATE), a round (DP-FedAvg), or a unit.
+    """
 
     epochs: int | None
     noise_multiplier: float | None
+    unit: str = "epoch"
 
     def sentence(self) -> str:
         """Return the refusal's hint, e.g. '; 4 epochs would fit, or noise_multiplier 1.37'."""
         parts = []
         if self.epochs:
-            parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} would fit")
+            parts.append(f"{_units(self.epochs, self.unit)} would fit")
         if self.noise_multiplier is not None:
-            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all epochs")
+            every = _PLURALS[self.unit]
+            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all {every}")
         return "; " + ", or ".join(parts) if parts else ""
+
+
+def unit_of(spec: ChargeSpec) -> str:
+    """The word for one unit of charge of ``spec`` (see :mod:`app.ledger.plans`)."""
+    return {RunSpec: "epoch", PateSpec: "batch", FedAvgSpec: "round"}.get(type(spec), "unit")
 
 
 def _fits(state: BudgetState, costs: UnitCosts, mode: HoldMode) -> bool:
@@ -112,4 +130,4 @@ def what_fits(
     noise = (
         noise_multiplier_that_fits(state, spec, mode, orders) if isinstance(spec, RunSpec) else None
     )
-    return WhatFits(epochs=epochs, noise_multiplier=noise)
+    return WhatFits(epochs=epochs, noise_multiplier=noise, unit=unit_of(spec))
