@@ -1,6 +1,7 @@
 # dpledger ledger service: slim, non-root, no torch (the trainer extra is not installed).
 #   docker build -t dpledger .
 #   docker run -p 8000:8000 -v dpledger-data:/data -e DPLEDGER_BOOTSTRAP_TOKEN=... dpledger
+# .dockerignore keeps .venv, caches, .git and data out of the build context.
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -29,5 +30,6 @@ USER dpledger
 WORKDIR /srv/dpledger
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+# The port the service listens on (DPLEDGER_PORT, 8000 unless the container's environment says).
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('DPLEDGER_PORT', '8000')}/healthz\")"
 CMD ["dpledger", "serve"]

@@ -46,10 +46,42 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _database_in_use: list[str] = []
 
 
+class AdminCommandError(Exception):
+    """An admin command's failure, printed as one line; ``dpledger.errors`` maps it to its status.
+
+    Attributes:
+        exit_code: 2 for invalid input (the default), 1 for a failure at run time.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
 def _fail(message: str) -> NoReturn:
     where = f" (database {_database_in_use[-1]})" if _database_in_use else ""
-    typer.echo(f"error: {message}{where}", err=True)
-    raise typer.Exit(2)
+    raise AdminCommandError(f"error: {message}{where}")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail (exit 1, one line) when ``host:port`` cannot be bound, before the app starts.
+
+    uvicorn would log the bind error and exit 3, the code of a budget refusal.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise AdminCommandError(
+                f"error: cannot listen on {host}:{port}: {reason.lower()}"
+                " (choose another with --port or DPLEDGER_PORT)",
+                exit_code=1,
+            ) from None
 
 
 def _say_database() -> None:
@@ -60,6 +92,7 @@ def _say_database() -> None:
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Turn invalid input, domain and database errors into one line on stderr and exit code 2."""
+    from alembic.util.exc import CommandError as MigrationError
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -77,6 +110,8 @@ def _one_line_errors() -> Iterator[None]:
         cause = getattr(error, "orig", None) or error
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         _fail(f"database: {detail}")
+    except MigrationError as error:  # e.g. an unknown revision for `db upgrade`
+        _fail(f"migrations: {' '.join(str(error).split())}")
 
 
 @contextmanager
@@ -168,6 +203,7 @@ def serve(
     settings = _load_settings()
     configure_logging(settings)
     bind_host, bind_port = host or settings.host, port or settings.port
+    _check_port_free(bind_host, bind_port)
     base = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
     database = display_url(settings.database_url)
     logging.getLogger("dpledger").info(

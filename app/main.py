@@ -78,7 +78,23 @@ async def handle_app_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, exc.to_body(), headers)
 
 
-async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+#: Fields of a run's noise given at the top of ``POST /v1/runs``: where they belong.
+_NOISE_FIELDS = ("noise_multiplier", "schedule", "decay_rate")
+
+
+def _misplaced_hint(path: str, loc: list[str], kind: str) -> str:
+    """A hint for a noise field put at the top level of a run (it belongs in ``noise``)."""
+    if kind != "extra_forbidden" or not path.rstrip("/").endswith("/runs") or len(loc) != 2:
+        return ""
+    field = loc[1]
+    if loc[0] != "body" or field not in _NOISE_FIELDS:
+        return ""
+    return (
+        f' (the noise goes in an object: noise.{field}, e.g. "noise": {{"noise_multiplier": 1.0}})'
+    )
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     """Turn a schema violation into 422 ``invalid_input`` (never echoing the input back)."""
     assert isinstance(exc, RequestValidationError)
     errors = [
@@ -91,6 +107,7 @@ async def handle_validation_error(_request: Request, exc: Exception) -> JSONResp
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     message = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
+    message += _misplaced_hint(request.url.path, list(first["loc"]), str(first.get("type", "")))
     return _error(422, {"code": "invalid_input", "message": message, "errors": errors})
 
 

@@ -333,14 +333,17 @@ def render_privacy_statement(statement: PrivacyStatement) -> str:
         f"    Epsilon with each example occurring once per epoch (any order, no sampling "
         f"assumed):  RDP {s.epoch_epsilon_rdp:.4f} (Renyi order {s.epoch_order:.3g}), "
         f"PLD {s.epoch_epsilon_pld:.4f}",
-        "",
-        f"User-level DP for users with up to {u.records_per_user} records "
-        f"(add-or-remove-{u.records_per_user} adjacency), assuming Poisson sampling: "
-        f"epsilon {u.epsilon:.4f}, the smaller of",
-        f"    RDP {u.epsilon_rdp:.4f} (Renyi order {u.order:.3g}; group privacy, Mironov 2017 "
-        f"Prop. 2), PLD {_pld(u.epsilon_pld)} (sampling rate 1-(1-q)^K = {u.group_sample_rate:.4g}, "
-        f"noise / K)",
     ]
+    if u.records_per_user > 1:  # at K = 1 the user level is the example level above
+        lines += [
+            "",
+            f"User-level DP for users with up to {u.records_per_user} records "
+            f"(add-or-remove-{u.records_per_user} adjacency), assuming Poisson sampling: "
+            f"epsilon {u.epsilon:.4f}, the smaller of",
+            f"    RDP {u.epsilon_rdp:.4f} (Renyi order {u.order:.3g}; group privacy, Mironov "
+            f"2017 Prop. 2), PLD {_pld(u.epsilon_pld)} (sampling rate 1-(1-q)^K = "
+            f"{u.group_sample_rate:.4g}, noise / K)",
+        ]
     if s.opacus_grid_lacks_order:
         lines += [
             "",

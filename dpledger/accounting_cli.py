@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from dp_core import (
-    DpCoreError,
     InvalidParameterError,
     calibrate_noise_multiplier,
     compute_epsilon,
@@ -54,6 +53,8 @@ Orders = Annotated[
         "1.5,2,4,8,16,32,64,128,256,512,1024,2048,4096 to extend it.",
     ),
 ]
+# The delta every command defaults to (train, fl and audit too): 1e-5, below 1/n for n > 1e5.
+DEFAULT_DELTA = 1e-5
 Delta = Annotated[float, typer.Option("--delta", help="Target delta, in (0, 1).")]
 Schedule = Annotated[
     str,
@@ -69,14 +70,10 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 def run_command(
     compute: Callable[[], dict[str, Any]], as_json: bool, human: Callable[[dict[str, Any]], str]
 ) -> None:
-    """Run a computation; dp_core errors become one line on stderr and exit code 2."""
+    """Run a computation and print its result (dp_core's errors exit 2 through the root)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GridEdgeWarning)
-        try:
-            result = compute()
-        except DpCoreError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(code=2) from None
+        result = compute()
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     typer.echo(json.dumps(result) if as_json else human(result))
@@ -145,7 +142,7 @@ def epsilon(
     noise_multiplier: Annotated[
         float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")
     ],
-    delta: Delta,
+    delta: Delta = DEFAULT_DELTA,
     sample_rate: OptionalSampleRate = None,
     steps: OptionalSteps = None,
     dataset_size: DatasetSize = None,
@@ -211,9 +208,9 @@ def noise_multiplier(
     target_epsilon: Annotated[
         float, typer.Option("--target-epsilon", help="Epsilon to stay within.")
     ],
-    delta: Delta,
     sample_rate: SampleRate,
     steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps.")],
+    delta: Delta = DEFAULT_DELTA,
     schedule: Schedule = "constant",
     decay_rate: DecayRate = 0.0,
     orders: Orders = None,
@@ -244,11 +241,11 @@ def max_steps_command(
     target_epsilon: Annotated[
         float, typer.Option("--target-epsilon", help="Epsilon to stay within.")
     ],
-    delta: Delta,
     sample_rate: SampleRate,
     noise_multiplier: Annotated[
         float, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")
     ],
+    delta: Delta = DEFAULT_DELTA,
     schedule: Schedule = "constant",
     decay_rate: DecayRate = 0.0,
     orders: Orders = None,

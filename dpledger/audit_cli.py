@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dp_core.errors import DpCoreError, InvalidParameterError
-from dp_core.trainer.exit_codes import ExitCode, exit_code_of
+from dp_core.errors import InvalidParameterError
+from dpledger.options import SERVICE_ENV, TOKEN_ENV, service_url
 
 if TYPE_CHECKING:
     from dp_core.trainer.audit import AuditConfig
@@ -43,6 +43,7 @@ def _human(summary: dict[str, Any]) -> str:
 
 
 def audit(
+    ctx: typer.Context,
     data: Annotated[
         str,
         typer.Option(help="'digits', 'mnist:DIR', 'fashion-mnist:DIR' or 'cifar10:DIR'."),
@@ -77,10 +78,14 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     service: Annotated[
         str | None,
-        typer.Option(help="Ledger URL: charge the audit run there and store the result with it."),
+        typer.Option(
+            envvar=SERVICE_ENV,
+            help="Ledger URL: charge the audit run there and store the result with it.",
+        ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Trainer or admin token (with --service).")
+        str | None,
+        typer.Option(envvar=TOKEN_ENV, help="Trainer or admin token (with --service)."),
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Ledger dataset (with --service).")] = None,
 ) -> None:
@@ -89,24 +94,19 @@ def audit(
     Exit status: 0 done; 2 invalid input; 3 the ledger's budget refused the audit run; 1 the
     ledger failed.
     """
-    try:
-        from dp_core.trainer.audit import AuditConfig, run_audit
+    from dp_core.trainer.audit import AuditConfig, run_audit
 
-        config = AuditConfig(
-            data=data, model=model, canaries=canaries, epochs=epochs, batch_size=batch_size,
-            lr=lr, optimizer=optimizer, noise_multiplier=noise_multiplier,
-            target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
-            confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
-        )  # fmt: skip
-        if service is None:
-            summary = run_audit(config).to_dict()
-        else:
-            summary = _audit_on_ledger(config, service=service, token=token, dataset=dataset)
-    except DpCoreError as exc:
-        if exit_code_of(exc) is not ExitCode.USAGE:
-            raise  # ledger failures exit 1 through the root's one translation
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    config = AuditConfig(
+        data=data, model=model, canaries=canaries, epochs=epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, noise_multiplier=noise_multiplier,
+        target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
+        confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
+    )  # fmt: skip
+    url = service_url(ctx, service, names_ledger_object=dataset is not None)
+    if url is None:
+        summary = run_audit(config).to_dict()
+    else:
+        summary = _audit_on_ledger(config, service=url, token=token, dataset=dataset)
     typer.echo(json.dumps(summary) if as_json else _human(summary))
 
 

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dp_core.trainer.exit_codes import CommandError, ExitCode
+from dpledger.errors import BudgetRefusal, CommandError, ExitCode, RuntimeFailure, ledger_at
+from dpledger.options import SERVICE_ENV, TOKEN_ENV, service_url
 
 __all__ = ["fl", "register"]
 
@@ -49,13 +50,21 @@ class _Bar:
             self._progress.stop()
 
 
-def _client_error(error: Exception) -> CommandError:
-    status = getattr(error, "status", None)
-    code = ExitCode.USAGE if status is not None and 400 <= status < 500 else ExitCode.FAILURE
-    return CommandError(f"error: the ledger: {' '.join(str(error).split())}", exit_code=code)
+def refused_summary(o: dict[str, Any], refusal: BaseException) -> dict[str, Any]:
+    """The JSON summary of a job the ledger refused at admission: nothing ran, nothing spent."""
+    run_id = getattr(refusal.__cause__, "run_id", None)
+    return {
+        "rounds_completed": 0, "rounds_planned": o["rounds"], "rounds_charged": 0,
+        "stop_reason": str(refusal), "epsilon": 0.0, "delta": o["delta"], "test_accuracy": None,
+        "secure_aggregation": o["secure_aggregation"], "users": o["users"],
+        "clients_per_round": o["clients_per_round"], "sample_rate": o["sample_rate"],
+        "noise_multiplier": o["noise_multiplier"], "clip": o["clip"], "model_path": None,
+        "run_id": run_id, "data": o["data"], "engine": o["engine"],
+    }  # fmt: skip
 
 
 def fl(
+    ctx: typer.Context,
     users: Annotated[int, typer.Option("--users", help="Synthetic users (clients) N.")],
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds R.")],
     noise_multiplier: Annotated[
@@ -101,23 +110,33 @@ def fl(
         Path | None, typer.Option("--out", help="Where to save the model (.npz).")
     ] = None,
     service: Annotated[
-        str | None, typer.Option("--service", help="Ledger URL: charge each round.")
+        str | None,
+        typer.Option("--service", envvar=SERVICE_ENV, help="Ledger URL: charge each round."),
     ] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="DPLEDGER_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar=TOKEN_ENV, help="Bearer token.")
+    ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="A user-level dataset.")] = None,
     reservation: Annotated[
         str, typer.Option("--reservation", help="'plan' or 'epoch' (per round).")
     ] = "plan",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Federated learning with user-level DP (DP-FedAvg on Flower), charged to the ledger."""
-    summary = _run(**locals())
+    """Federated learning with user-level DP (DP-FedAvg on Flower), charged to the ledger.
+
+    A refusal by the ledger (up front or at a round) prints the summary and exits 3.
+    """
+    options = {k: v for k, v in locals().items() if k != "ctx"}
+    options["service"] = service_url(ctx, service, names_ledger_object=dataset is not None)
+    summary = _run(**options)
     typer.echo(json.dumps(summary) if as_json else _human(summary))
     reason = summary["stop_reason"]
     if reason.startswith("secure_aggregation_failed"):
-        raise CommandError(f"error: {reason}", exit_code=ExitCode.FAILURE)
+        raise RuntimeFailure(reason)
+    if reason.startswith("refused"):
+        raise BudgetRefusal(reason)
     if reason != "completed":
-        raise CommandError(f"refused: {reason}", exit_code=ExitCode.REFUSED)
+        raise BudgetRefusal(f"refused: {reason}")
 
 
 def _run(**o: Any) -> dict[str, Any]:
@@ -139,8 +158,6 @@ def _run(**o: Any) -> dict[str, Any]:
             f"error: dpledger fl needs Flower ({missing.name}): pip install 'dpledger[federated]'",
             exit_code=ExitCode.USAGE,
         ) from None
-    from dpledger.client import LedgerError
-
     # Flower logs every stage at INFO, and a failing client or engine with tracebacks at ERROR:
     # the summary and the one error line say what happened.
     logging.getLogger("flwr").setLevel(logging.CRITICAL)
@@ -160,19 +177,18 @@ def _run(**o: Any) -> dict[str, Any]:
         raise CommandError(f"error: {error}", exit_code=ExitCode.USAGE) from None
     bar = _Bar(o["rounds"], enabled=not o["as_json"])
     try:
-        result, _ = run_federated(
-            config,
-            delta=o["delta"],
-            data=o["data"],
-            engine=o["engine"],
-            gate_factory=_gate_factory(o),
-            out=o["out"],
-            on_round=bar.advance,
-        )
+        with ledger_at(o["service"] or "(none)"):
+            result, _ = run_federated(
+                config,
+                delta=o["delta"],
+                data=o["data"],
+                engine=o["engine"],
+                gate_factory=_gate_factory(o),
+                out=o["out"],
+                on_round=bar.advance,
+            )
     except LedgerRefusedError as refused:
-        raise CommandError(str(refused), exit_code=ExitCode.REFUSED) from None
-    except LedgerError as error:
-        raise _client_error(error) from None
+        return refused_summary(o, refused)
     except (EngineError, EngineStopped) as error:
         raise CommandError(f"error: {error}", exit_code=ExitCode.FAILURE) from None
     except ValueError as error:
@@ -201,6 +217,8 @@ def _gate_factory(o: dict[str, Any]) -> Any:
 
 
 def _human(s: dict[str, Any]) -> str:
+    if s["test_accuracy"] is None:  # refused before the first round
+        return f"rounds 0/{s['rounds_planned']} ({s['stop_reason']}); nothing trained"
     eps = "inf (no noise)" if s["epsilon"] is None else f"{s['epsilon']:.4g}"
     return (
         f"rounds {s['rounds_completed']}/{s['rounds_planned']} ({s['stop_reason']}); user-level"

@@ -13,6 +13,7 @@ training loop stops cleanly with a checkpoint; any other failure raises
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from dpledger.client import (
     RetryPolicy,
     Tuning,
 )
+from dpledger.options import announcing_sleep
 
 __all__ = [
     "HttpBudgetGate",
@@ -60,12 +62,17 @@ def plan_mechanism(plan: RunPlan) -> DpSgd:
 
 
 def refusal_reason(refusal: BudgetExceeded) -> str:
-    """Return one line saying why the ledger refused, with what would have fit when it says."""
+    """Return one line saying why the ledger refused, with what would have fit when it says.
+
+    The service's message already says what would fit (in the plan's units: epochs, batches or
+    rounds); the numbers are added here only when it does not.
+    """
     hints = []
-    if refusal.epochs_that_fit is not None:
-        hints.append(f"{refusal.epochs_that_fit} epochs would fit")
-    if refusal.noise_multiplier_that_fits is not None:
-        hints.append(f"noise_multiplier {refusal.noise_multiplier_that_fits:.4g} would fit")
+    if "would fit" not in refusal.message:
+        if refusal.epochs_that_fit:
+            hints.append(f"{refusal.epochs_that_fit} of the planned units would fit")
+        if refusal.noise_multiplier_that_fits is not None:
+            hints.append(f"noise_multiplier {refusal.noise_multiplier_that_fits:.4g} would fit")
     suffix = f" ({'; '.join(hints)})" if hints else ""
     return f"{refusal.code}: {refusal.message}{suffix}"
 
@@ -90,15 +97,19 @@ class HttpBudgetGate:
         client: LedgerClient | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """Create the gate; pass ``client`` to share one (tests: a client on the in-process app)."""
+        """Create the gate; pass ``client`` to share one (tests: a client on the in-process app).
+
+        ``sleep`` waits before each retry of a call (the command line's says so on stderr).
+        """
         if reservation not in _RESERVATIONS:
             raise InvalidParameterError("reservation", reservation, "one of 'plan' or 'epoch'")
         self.dataset = dataset
         self.reservation = reservation
         self._owns_client = client is None
         self._connect: Callable[[], LedgerClient] = functools.partial(
-            LedgerClient, base_url, token=token, retry=retry, timeout_s=timeout_s
+            LedgerClient, base_url, token=token, retry=retry, timeout_s=timeout_s, sleep=sleep
         )
         self.client = client or self._connect()
         self.run_id: int | None = None
@@ -180,7 +191,10 @@ class HttpBudgetGate:
 
 def http_gate(*, base_url: str, token: str, dataset: str, reservation: str) -> HttpBudgetGate:
     """Build the gate of ``dpledger train --service`` (a ``RemoteGateFactory``)."""
-    return HttpBudgetGate(base_url=base_url, token=token, dataset=dataset, reservation=reservation)
+    return HttpBudgetGate(
+        base_url=base_url, token=token, dataset=dataset, reservation=reservation,
+        sleep=announcing_sleep(base_url),  # from dpledger.options
+    )  # fmt: skip
 
 
 class HttpTuningLedger:

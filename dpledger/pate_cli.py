@@ -21,11 +21,14 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
-from dp_core import DpCoreError, aggregate_votes, analyze_votes, pate_mechanism
+from dp_core import aggregate_votes, analyze_votes, pate_mechanism
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import validate_votes, votes_from_predictions
+from dpledger.accounting_cli import DEFAULT_DELTA
 from dpledger.client import BudgetExceeded, LedgerClient, LedgerError, Pate
+from dpledger.errors import BudgetRefusal, ledger_at
+from dpledger.options import SERVICE_ENV, TOKEN_ENV, service_url
 
 
 def _load_array(option: str, path: Path) -> npt.NDArray[Any]:
@@ -122,7 +125,7 @@ def save_labels(labels: npt.NDArray[np.int64], out: Path) -> Path:
     return path.resolve()
 
 
-class LedgerRefusal(Exception):
+class LedgerRefusal(BudgetRefusal):
     """The ledger service refused the PATE job up front: it does not fit the dataset's budget."""
 
 
@@ -133,11 +136,8 @@ def refusal_message(refusal: BudgetExceeded, *, dataset: str) -> str:
     needs = "unbounded" if projected is None else f"{projected:.6g}"
     left = "" if remaining is None else f", {remaining:.6g} remaining"
     fits = refusal.epochs_that_fit
-    hint = "" if fits is None else f"; {fits} batches would fit"
-    return (
-        f"refused: budget_exceeded: epsilon of {dataset!r} would reach {needs}{left}{hint}"
-        f" ({refusal.message})"
-    )
+    hint = "" if not fits else f"; {fits} batch{'' if fits == 1 else 'es'} would fit"
+    return f"refused: budget_exceeded: epsilon of {dataset!r} would reach {needs}{left}{hint}"
 
 
 def charge_pate_job(
@@ -206,10 +206,6 @@ def _charged_queries(
                                "queries_answered": answered, "stop_reason": reason}  # fmt: skip
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _default_out(votes: Path | None, predictions: Path | None) -> Path:
     source = cast(Path, votes if votes is not None else predictions)
     return source.with_name(source.stem + ".labels.npy")
@@ -233,6 +229,7 @@ def _human(r: dict[str, Any]) -> str:
 
 
 def pate(
+    ctx: typer.Context,
     aggregator: Annotated[str, typer.Option("--aggregator", help="gnmax or lnmax.")],
     noise_multiplier: Annotated[
         float,
@@ -242,7 +239,9 @@ def pate(
             "scale b = 1/gamma (lnmax).",
         ),
     ],
-    delta: Annotated[float, typer.Option("--delta", help="Target delta, in (0, 1).")],
+    delta: Annotated[
+        float, typer.Option("--delta", help="Target delta, in (0, 1).")
+    ] = DEFAULT_DELTA,
     votes: Annotated[
         Path | None, typer.Option("--votes", help=".npy file: (queries x classes) vote counts.")
     ] = None,
@@ -263,10 +262,14 @@ def pate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     service: Annotated[
         str | None,
-        typer.Option("--service", help="Ledger URL: charge each batch before answering it."),
+        typer.Option(
+            "--service",
+            envvar=SERVICE_ENV,
+            help="Ledger URL: charge each batch before answering it.",
+        ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", envvar="DPLEDGER_TOKEN", help="Bearer token.")
+        str | None, typer.Option("--token", envvar=TOKEN_ENV, help="Bearer token.")
     ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset in the ledger.")] = None,
     batch_size: Annotated[
@@ -279,27 +282,19 @@ def pate(
     each batch of queries is charged before it is answered; a refusal stops the answering there.
     """
     ledger: dict[str, Any] = {}
-    try:
-        counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
-        if service is not None:
-            pate_mechanism(aggregator, noise_multiplier=noise_multiplier, queries=1)  # validate
+    counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
+    url = service_url(ctx, service, names_ledger_object=dataset is not None)
+    if url is not None:
+        pate_mechanism(aggregator, noise_multiplier=noise_multiplier, queries=1)  # validate
+        with ledger_at(url):
             counts, ledger = _charged_queries(
-                counts, service=service, token=token, dataset=dataset, aggregator=aggregator,
+                counts, service=url, token=token, dataset=dataset, aggregator=aggregator,
                 noise_multiplier=noise_multiplier, batch_size=batch_size,
             )  # fmt: skip
-        labels, result = run_pate(
-            counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
-        )
-        path = save_labels(labels, out if out is not None else _default_out(votes, predictions))
-    except DpCoreError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
-    except LedgerRefusal as refusal:
-        typer.echo(str(refusal), err=True)
-        raise typer.Exit(code=1) from None
-    except LedgerError as error:
-        typer.echo(f"error: the ledger at {service}: {_one_line(str(error))}", err=True)
-        raise typer.Exit(code=2) from None
+    labels, result = run_pate(
+        counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
+    )
+    path = save_labels(labels, out if out is not None else _default_out(votes, predictions))
     result = {"labels_path": str(path), **result, **ledger}
     if result["at_grid_edge"]:
         typer.echo("warning: optimal Renyi order at the edge of the grid", err=True)

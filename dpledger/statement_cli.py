@@ -16,8 +16,8 @@ import typer
 from dp_core.errors import InvalidParameterError
 from dp_core.schedules import NoiseSchedule
 from dp_core.statement import build_privacy_statement, render_privacy_statement
-from dp_core.trainer.exit_codes import CommandError, ExitCode
 from dpledger.accounting_cli import (
+    DEFAULT_DELTA,
     AsJson,
     BatchSize,
     DatasetSize,
@@ -31,7 +31,9 @@ from dpledger.accounting_cli import (
     resolve_sampling,
     run_command,
 )
-from dpledger.client import LedgerClient, LedgerError
+from dpledger.client import LedgerClient
+from dpledger.errors import UsageError, ledger_at
+from dpledger.options import SERVICE_ENV, TOKEN_ENV, service_url
 
 RecordsPerUser = Annotated[
     int, typer.Option("--records-per-user", "-K", help="User-level epsilon for K records.")
@@ -39,12 +41,13 @@ RecordsPerUser = Annotated[
 
 
 def statement(
+    ctx: typer.Context,
     noise_multiplier: Annotated[
         float | None, typer.Option("--noise-multiplier", help="sigma (s0 for a decay).")
     ] = None,
     delta: Annotated[
-        float | None, typer.Option("--delta", help="Target delta, in (0, 1) (offline).")
-    ] = None,
+        float, typer.Option("--delta", help="Target delta, in (0, 1) (offline).")
+    ] = DEFAULT_DELTA,
     sample_rate: OptionalSampleRate = None,
     steps: OptionalSteps = None,
     dataset_size: DatasetSize = None,
@@ -57,9 +60,11 @@ def statement(
     run: Annotated[
         int | None, typer.Option("--run", help="Read run ID's statement from the ledger.")
     ] = None,
-    service: Annotated[str | None, typer.Option("--service", help="Ledger service URL.")] = None,
+    service: Annotated[
+        str | None, typer.Option("--service", envvar=SERVICE_ENV, help="Ledger service URL.")
+    ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", envvar="DPLEDGER_TOKEN", help="Bearer token.")
+        str | None, typer.Option("--token", envvar=TOKEN_ENV, help="Bearer token.")
     ] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -69,14 +74,15 @@ def statement(
     holds the run (its charged steps, the dataset's delta and its spent epsilon).
     """
     if run is not None:
-        _from_ledger(run, service, token, records_per_user, as_json)
+        url = service_url(ctx, service, names_ledger_object=True)
+        _from_ledger(run, url, token, records_per_user, as_json)
         return
 
     def compute() -> dict[str, Any]:
-        if noise_multiplier is None or delta is None:
+        if noise_multiplier is None:
             raise InvalidParameterError(
-                "noise_multiplier", noise_multiplier, "give --noise-multiplier and --delta"
-                " (or --run ID --service URL to read a run from the ledger)",
+                "noise_multiplier", noise_multiplier, "give --noise-multiplier"
+                " (or --run ID to read a run from the ledger)",
             )  # fmt: skip
         plan = resolve_sampling(
             sample_rate=sample_rate, steps=steps, dataset_size=dataset_size,
@@ -102,14 +108,9 @@ def _from_ledger(
 ) -> None:
     """Print the ledger's statement of ``run`` (exit 2 for a 4xx answer, 1 when it failed)."""
     if service is None:
-        raise CommandError("error: --run needs --service URL", exit_code=ExitCode.USAGE)
-    try:
-        with LedgerClient(service, token=token) as client:
-            read = client.statement(run, records_per_user=records_per_user)
-    except LedgerError as error:
-        client_side = error.status is not None and 400 <= error.status < 500
-        code = ExitCode.USAGE if client_side else ExitCode.FAILURE
-        raise CommandError(f"error: the ledger at {service}: {error}", exit_code=code) from None
+        raise UsageError(f"--run needs --service URL (or {SERVICE_ENV})")
+    with ledger_at(service), LedgerClient(service, token=token) as client:
+        read = client.statement(run, records_per_user=records_per_user)
     typer.echo(json.dumps(read.model_dump(mode="json")) if as_json else read.text)
 
 

@@ -25,9 +25,20 @@ _MAX_NOISE_FACTOR = 1e4
 _NOISE_STEPS = 40
 
 
+_PLURALS = {"epoch": "epochs", "batch": "batches", "round": "rounds", "unit": "units"}
+
+
+def _units(count: int, unit: str) -> str:
+    return f"{count} {unit if count == 1 else _PLURALS[unit]}"
+
+
 @dataclass(frozen=True)
 class WhatFits:
-    """The largest number of units that fits as requested, and the noise that fits the plan."""
+    """The largest number of units that fits as requested, and the noise that fits the plan.
+
+    ``unit`` names the plan's unit of charge in the sentence: an epoch (DP-SGD), a batch of
+    queries (PATE), a round (DP-FedAvg), or a unit.
+    """
 
     epochs: int | None
     noise_multiplier: float | None
@@ -40,9 +51,10 @@ class WhatFits:
         """
         parts = []
         if self.epochs:
-            parts.append(f"{self.epochs} {self.unit}{'s' if self.epochs != 1 else ''} would fit")
+            parts.append(f"{_units(self.epochs, self.unit)} would fit")
         if self.noise_multiplier is not None:
-            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all {self.unit}s")
+            every = _PLURALS[self.unit]
+            parts.append(f"noise_multiplier {self.noise_multiplier:.4g} would fit all {every}")
         return "; " + ", or ".join(parts) if parts else ""
 
 

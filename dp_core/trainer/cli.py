@@ -163,7 +163,13 @@ def train(
     checkpoint_dir: Annotated[
         str | None, typer.Option(help="Save/resume checkpoints here.")
     ] = None,
-    service: Annotated[str | None, typer.Option(help="Ledger service URL.")] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DPLEDGER_URL",
+            help="Ledger service URL (used with --dataset when it comes from DPLEDGER_URL).",
+        ),
+    ] = None,
     token: Annotated[
         str | None, typer.Option(envvar="DPLEDGER_TOKEN", help="Bearer token.")
     ] = None,
@@ -293,6 +299,8 @@ def train(
     from dp_core.trainer.recipe import TrainConfig
 
     _check_batch_size_with_class_rates(ctx, class_sample_rates, batch_size)
+    service = _service_url(ctx, service, dataset)
+    _probe_service(ctx, service)
     config = TrainConfig(
         data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, max_grad_norm=max_grad_norm,
@@ -322,6 +330,32 @@ def train(
         raise SystemExit(int(ExitCode.REFUSED))
     sys.stdout.write(json.dumps(summary) + "\n")
     raise _refusal(summary)
+
+
+def _probe_service(ctx: typer.Context, service: str | None) -> None:
+    """Ask the ledger whether it answers before torch and the data load (``dpledger`` only).
+
+    The root command passes ``probe_ledger``; it says on stderr when it retries, and raises the
+    trainer's LedgerError (exit 1, one line) when the service never answers.
+    """
+    obj = ctx.obj
+    probe = obj.get("probe_ledger") if isinstance(obj, dict) else None
+    if service is not None and callable(probe) and os.environ.get("RANK", "0") == "0":
+        probe(service)
+
+
+def _service_url(ctx: typer.Context, service: str | None, dataset: str | None) -> str | None:
+    """``--service``, or ``DPLEDGER_URL`` when ``--dataset`` names a ledger dataset.
+
+    A URL from the environment alone leaves a local run local (the rule of every dpledger command
+    with ``--service``; see ``dpledger.options``, which dp_core may not import).
+    """
+    from click.core import ParameterSource
+
+    if service is None or not service.strip():
+        return None
+    from_environment = ctx.get_parameter_source("service") is ParameterSource.ENVIRONMENT
+    return None if from_environment and dataset is None else service
 
 
 def _check_batch_size_with_class_rates(

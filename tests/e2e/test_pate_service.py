@@ -63,7 +63,7 @@ def test_pate_job_over_budget_is_refused_up_front(service, tmp_path):
     _dataset(service, "pate-small", 0.5)
     votes = _votes(tmp_path)
     result = _pate(service, "pate-small", votes)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("refused: budget_exceeded: epsilon of 'pate-small' would reach ")
     (run,) = service.get_budget("pate-small").runs

@@ -54,6 +54,25 @@ async def test_bad_run_requests(client, database_url, label, body, status, code)
     assert snapshot(database_url) == before
 
 
+@pytest.mark.parametrize("field", ["noise_multiplier", "schedule", "decay_rate"])
+async def test_a_noise_field_at_the_top_of_a_run_says_where_it_belongs(client, database_url, field):
+    await make_dataset(client)
+    body = run_body()
+    body[field] = body.pop("noise")[field]  # the flat shape of Opacus' and TF Privacy's calls
+    before = snapshot(database_url)
+    response = await client.post("/v1/runs", json=body)
+    assert response.status_code == 422 and response.json()["code"] == "invalid_input"
+    assert response.json()["message"].startswith(f"body.{field}: Extra inputs are not permitted")
+    assert f"noise.{field}" in response.json()["message"]
+    assert snapshot(database_url) == before
+
+
+async def test_other_extra_fields_get_no_noise_hint(client, database_url):
+    await make_dataset(client)
+    response = await client.post("/v1/runs", json=run_body(alphas=[2, 3]))
+    assert response.status_code == 422 and "noise." not in response.json()["message"]
+
+
 @pytest.mark.parametrize("field", ["dataset", "name", "sample_rate", "epochs", "noise"])
 async def test_missing_run_fields(client, database_url, field):
     await make_dataset(client)

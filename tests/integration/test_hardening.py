@@ -304,16 +304,14 @@ def test_a_weak_bootstrap_token_is_refused_at_start(token):
 
 
 def test_serve_refuses_a_weak_bootstrap_token_in_one_line(monkeypatch):
-    import typer
     from typer.testing import CliRunner
 
-    from app.cli import register
     from app.settings import get_settings
 
     monkeypatch.setenv("DPLEDGER_BOOTSTRAP_TOKEN", "a")
     get_settings.cache_clear()
-    root = typer.Typer()
-    register(root)
+    from dpledger.cli import cli as root  # the root maps errors to exit codes
+
     try:
         result = CliRunner().invoke(root, ["serve"])
     finally:

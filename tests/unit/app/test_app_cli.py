@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
 from sqlalchemy import create_engine, inspect, select
 from typer.testing import CliRunner
 
 from app.auth import hash_token
-from app.cli import register
 from app.models import ApiToken
 from app.settings import get_settings
 
@@ -20,8 +18,8 @@ def cli(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("DPLEDGER_DATABASE_URL", url)
     get_settings.cache_clear()
-    root = typer.Typer()
-    register(root)
+    from dpledger.cli import cli as root  # the root maps errors to exit codes
+
     yield root, url
     get_settings.cache_clear()
 

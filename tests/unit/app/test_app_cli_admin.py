@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg
 import pytest
-import typer
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
@@ -63,10 +62,7 @@ def sqlite_url(tmp_path):
 def _cli_for(url, monkeypatch, *, create: bool = True):
     monkeypatch.setenv("DPLEDGER_DATABASE_URL", url)
     get_settings.cache_clear()
-    root = typer.Typer()
-    from app.cli import register
-
-    register(root)
+    from dpledger.cli import cli as root  # the root maps errors to exit codes
 
     def invoke(*args: str):
         return CliRunner().invoke(root, list(args))

@@ -32,6 +32,7 @@ def test_example_level_numbers_and_text():
     text = render_privacy_statement(s)
     assert f"RDP {rdp.epsilon:.4f} (Renyi order {rdp.order:.3g})" in text
     assert f"PLD {pld.epsilon:.4f}" in text and "Poisson" in text and "shuffled" in text
+    assert "User-level" not in text and "up to 1 records" not in text  # K = 1: example level
     json.dumps(s.to_dict())
 
 
@@ -108,7 +109,7 @@ def test_user_level_for_several_records():
         sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=3
     )
     assert s.user.epsilon == min(s.user.epsilon_rdp, s.user.epsilon_pld) > s.epsilon_pld
-    assert "up to 3 records" in render_privacy_statement(s)
+    assert "User-level DP for users with up to 3 records" in render_privacy_statement(s)
 
 
 def test_steps_per_epoch_is_ceil_n_over_b():

@@ -226,6 +226,28 @@ def test_cli_refused_exits_3_with_one_line(ledger, monkeypatch):
     assert len(result.stderr.strip().splitlines()) == 1 and "budget_exceeded" in result.stderr
 
 
+def test_cli_refused_up_front_prints_the_summary_like_train(ledger, monkeypatch):
+    _route(monkeypatch, ledger)
+    args = ["fl", "--engine", "inprocess", "--users", "20", "--rounds", "100", "--clients-per-round", "2", "--noise-multiplier", "3",
+            "--clip", "1", "--json", "--service", "http://ledger", "--token", ADMIN_TOKEN, "--dataset", "users"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    summary = json.loads(result.stdout)  # the summary on stdout, as `train` prints one
+    assert (summary["rounds_completed"], summary["rounds_planned"], summary["epsilon"]) == (
+        0,
+        100,
+        0.0,
+    )
+    assert summary["stop_reason"].startswith("refused: budget_exceeded: ")
+    (line,) = result.stderr.strip().splitlines()
+    assert line == summary["stop_reason"]
+    assert " rounds would fit" in line and "epochs" not in line  # the plan's unit, said once
+    assert line.count("would fit") == 1  # not repeated in parentheses after the message
+    with ledger.client() as admin:
+        (run,) = admin.get_budget("users").runs
+    assert (run.status, run.epochs_charged, summary["run_id"]) == ("refused", 0, run.id)
+
+
 def test_cli_on_an_example_dataset_is_refused_as_input(ledger, monkeypatch):
     _route(monkeypatch, ledger)
     with ledger.client() as admin:

@@ -59,7 +59,7 @@ def test_batches_are_charged_before_they_are_answered(ledger, tmp_path):
 
 def test_a_refusal_says_so_with_the_projected_epsilon(ledger, tmp_path):
     result = _pate(tmp_path, ADMIN_TOKEN, "tiny")
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # refused by the budget: the same status as every command
     (line,) = result.stderr.strip().splitlines()
     with ledger.client() as admin:
         (run,) = admin.get_budget("tiny").runs
@@ -86,22 +86,24 @@ def test_a_trainer_token_of_another_dataset_is_forbidden(ledger, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("answer", "said"),
+    ("answer", "said", "status"),
     [
         (
             httpx.Response(500, text="Internal Server Error"),
             "HTTP 500 error: Internal Server Error",
+            1,
         ),
         (
             httpx.Response(
                 422, json={"code": "invalid_input", "message": "mechanism.queries: too big"}
             ),
             "HTTP 422 invalid_input: mechanism.queries: too big",
+            2,
         ),  # fmt: skip
-        (httpx.ConnectError("connection refused"), "ledger unreachable"),
+        (httpx.ConnectError("connection refused"), "ledger unreachable", 1),
     ],
 )
-def test_server_failures_exit_2_with_one_line(monkeypatch, tmp_path, answer, said):
+def test_service_failures_exit_1_and_rejected_input_2(monkeypatch, tmp_path, answer, said, status):
     def handler(request):
         if isinstance(answer, Exception):
             raise answer
@@ -112,7 +114,7 @@ def test_server_failures_exit_2_with_one_line(monkeypatch, tmp_path, answer, sai
         retry=RetryPolicy(max_attempts=1),
     ))  # fmt: skip
     result = _pate(tmp_path)
-    assert result.exit_code == 2
+    assert result.exit_code == status
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: the ledger at http://ledger: ") and said in line
 
@@ -128,7 +130,7 @@ def test_a_failure_mid_job_still_finishes_the_run(ledger, monkeypatch, tmp_path)
         "http://ledger", token=token, transport=FailSecondBatch(), retry=RetryPolicy(max_attempts=1)
     ))  # fmt: skip
     result = _pate(tmp_path, ADMIN_TOKEN, "d", "--batch-size", "10")
-    assert result.exit_code == 2 and "HTTP 500 error: boom" in result.stderr
+    assert result.exit_code == 1 and "HTTP 500 error: boom" in result.stderr
     with ledger.client() as admin:
         (run,) = admin.get_budget("d").runs
     assert (run.status, run.epochs_charged) == ("finished", 1)  # the unused batches released

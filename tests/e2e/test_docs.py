@@ -1,7 +1,10 @@
-"""The README runs as written: its shell examples are executed against a real server.
+"""The README and every page of the docs site run as written, against a real server.
 
-Which fenced blocks run (all of them, top to bottom, in ONE bash session, so variables and the
-ledger's state carry over from block to block as in a reader's terminal):
+Two sessions: the README alone (its quickstart starts from an empty ledger), then the pages of
+``docs/`` in the order of ``mkdocs.yml``'s navigation, one after the other (a tutorial may use
+what an earlier page created, as a reader following the site does). Which fenced blocks run (all
+of them, top to bottom, in ONE bash session per group, so variables and the ledger's state carry
+over from block to block as in a reader's terminal):
 
 * every ```console block: each line starting with ``$ `` is a command (a trailing ``\\`` continues
   it on the next line); the lines after it, up to the next command, are its expected output
@@ -12,10 +15,12 @@ ledger's state carry over from block to block as in a reader's terminal):
 * a ```bash block preceded by ``<!-- readme-test -->``: run as it is; it must exit 0.
 * a ```python block preceded by ``<!-- readme-test -->``: run by this interpreter; it must exit 0.
 
-The session runs from the repository root with the README's own variables set to the test's
-server: ``DPLEDGER_URL`` (its URL), ``TOKEN`` (an admin token) and ``DPLEDGER_DATABASE_URL`` (its
-database, for the admin commands), with this interpreter's scripts (``dpledger``) first on PATH.
-Tested blocks should write only under ``/tmp``.
+The session runs from the repository root with the quickstart's variables set to the test's
+server: ``DPLEDGER_URL`` (its URL), ``DPLEDGER_TOKEN`` (an admin token) and
+``DPLEDGER_DATABASE_URL`` (its database, for the admin commands), with this interpreter's scripts
+(``dpledger``) first on PATH. Tested blocks should write only under ``/tmp``.
+
+``mkdocs build --strict`` builds the site here too (every page in the navigation, no broken link).
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.conftest import ADMIN_TOKEN
 from tests.integration.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 RUN_MARK = "<!-- readme-test -->"
 SKIP_MARK = "<!-- readme-test: skip -->"
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -44,7 +51,7 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 class Command:
     """One command of a tested block and what it should print (None: not compared)."""
 
-    line: int  # README line of the command, for failure messages
+    line: int  # line of the command in its page, for failure messages
     source: str
     expected: list[str] | None
     status_shown: bool = False  # the next command is `echo $?`
@@ -55,7 +62,7 @@ class Block:
     """A fenced block of the README."""
 
     language: str
-    line: int  # README line of the opening fence
+    line: int  # line of the opening fence in its page
     body: list[str]
     marker: str | None  # the HTML comment on the line before the fence, if any
 
@@ -112,7 +119,7 @@ def console_commands(block: Block) -> list[Command]:
 
 
 def commands_to_run(text: str) -> list[Command]:
-    """Every command the README asks to test, in order."""
+    """Every command a page asks to test, in order."""
     commands: list[Command] = []
     for block in read_blocks(text):
         if block.language == "console" and block.marker != SKIP_MARK:
@@ -244,44 +251,82 @@ def test_the_session_carries_status_and_state_from_command_to_command(tmp_path):
     assert split_outputs(done.stdout, 3) == [("", 1), ("1\n", 0), ("42\n", 0)]
 
 
-# --- the README itself ------------------------------------------------------------------------
+# --- the pages themselves ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("readme")
-    running = Server(f"sqlite:///{directory / 'readme.db'}", directory / "server.log").start()
-    yield running
-    running.stop()
+def nav_pages() -> list[Path]:
+    """The pages of ``mkdocs.yml``'s navigation, in order."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    found: list[Path] = []
+
+    def walk(entry: object) -> None:
+        if isinstance(entry, str):
+            found.append(DOCS / entry)
+        elif isinstance(entry, list):
+            for item in entry:
+                walk(item)
+        elif isinstance(entry, dict):
+            for item in entry.values():
+                walk(item)
+
+    walk(config["nav"])
+    return found
 
 
-@pytest.mark.slow  # about 15 s of CPU: two short `dpledger train` runs import torch
-def test_readme_examples_run_as_written(server, tmp_path):
-    commands = commands_to_run(README.read_text())
-    assert len(commands) >= 10, "the README lost its tested examples"
-    assert shutil.which("curl") is not None, "the README's examples need curl"
-    env = {
-        **os.environ,
-        "DPLEDGER_URL": server.url,
-        "TOKEN": ADMIN_TOKEN,
-        "DPLEDGER_DATABASE_URL": server.database_url,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "COLUMNS": "100",
-    }
-    script = tmp_path / "readme.sh"
-    script.write_text(session_script(commands))
+def test_every_page_is_in_the_navigation():
+    pages = {path.resolve() for path in DOCS.rglob("*.md")}
+    assert pages == {path.resolve() for path in nav_pages()}
+
+
+def test_the_site_builds_strictly(tmp_path):
     done = subprocess.run(
-        ["bash", "--noprofile", "--norc", str(script)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    api = (tmp_path / "site" / "reference" / "http-api" / "index.html").read_text()
+    assert "/v1/runs/{run_id}/epochs" in api  # the operations rendered from openapi.yaml
+    python = (tmp_path / "site" / "reference" / "python-api" / "index.html").read_text()
+    assert "calibrate_noise_multiplier" in python and "LedgerClient" in python
+
+
+def _commands_of(pages: list[Path]) -> list[tuple[str, Command]]:
+    found = []
+    for page in pages:
+        name = page.relative_to(ROOT).as_posix()
+        found += [(name, command) for command in commands_to_run(page.read_text())]
+    return found
+
+
+def _run_session(pages: list[Path], directory: Path, timeout: int) -> list[str]:
+    """Run every tested command of ``pages`` in one session on a fresh server; the failures."""
+    commands = _commands_of(pages)
+    assert len(commands) >= 5, f"{[p.name for p in pages]} lost their tested examples"
+    assert shutil.which("curl") is not None, "the examples need curl"
+    server = Server(f"sqlite:///{directory / 'docs.db'}", directory / "server.log").start()
+    try:
+        env = {
+            **os.environ,
+            "DPLEDGER_URL": server.url,
+            "DPLEDGER_TOKEN": ADMIN_TOKEN,
+            "DPLEDGER_DATABASE_URL": server.database_url,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "COLUMNS": "100",
+        }
+        script = directory / "session.sh"
+        script.write_text(session_script([command for _, command in commands]))
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", str(script)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    finally:
+        server.stop()
     failures = []
-    for command, outcome in zip(commands, split_outputs(done.stdout, len(commands)), strict=True):
-        where = f"README line {command.line}: {command.source.splitlines()[0]}"
+    outcomes = split_outputs(done.stdout, len(commands))
+    for (page, command), outcome in zip(commands, outcomes, strict=True):
+        where = f"{page} line {command.line}: {command.source.splitlines()[0]}"
         if outcome is None:
             failures.append(f"{where}\n  never ran (the session ended early)")
             break
@@ -291,4 +336,16 @@ def test_readme_examples_run_as_written(server, tmp_path):
         elif command.expected is not None and not output_matches(command.expected, output):
             shown = "\n".join(command.expected)
             failures.append(f"{where}\n  expected:\n{shown}\n  got:\n{output}")
+    return failures
+
+
+@pytest.mark.slow  # about 15 s of CPU: two short `dpledger train` runs import torch
+def test_readme_examples_run_as_written(tmp_path):
+    failures = _run_session([README], tmp_path, timeout=180)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow  # about a minute of CPU: trainings, audits and accounting on every page
+def test_every_page_of_the_site_runs_as_written(tmp_path):
+    failures = _run_session(nav_pages(), tmp_path, timeout=480)
     assert not failures, "\n\n".join(failures)
