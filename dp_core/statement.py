@@ -163,8 +163,8 @@ def user_discretization(records_per_user: int) -> float:
     """PLD grid width for users of K > 1 records: the loss range grows K^2-fold, so does h.
 
     Keeps the user-level PLD's work that of one record at :data:`dp_core.pld.SCHEDULE_DISCRETIZATION`
-    (a coarser grid is still an upper bound, only looser; the statement takes the smaller of the
-    RDP and PLD bounds).
+    (a coarser grid is still an upper bound, only looser; the statement takes the smallest of the
+    RDP, PLD and classical bounds).
     """
     return SCHEDULE_DISCRETIZATION * max(1.0, records_per_user**2 / 4.0)
 
