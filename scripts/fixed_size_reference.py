@@ -2,7 +2,8 @@
 
 Reference values for the fixed-size (m of N without replacement, replace-one) bound of
 ``dp_core.federated.rdp_fixed_size_gaussian``, computed with Google's dp_accounting (not a
-dependency of dpledger; install it only to regenerate: ``pip install dp-accounting==0.6.0``).
+dependency of dpledger; install it only to regenerate, in a separate virtualenv, since it
+downgrades attrs: ``pip install dp-accounting==0.6.0``, then run this with PYTHONPATH=.).
 
 dp_accounting's Gaussian under REPLACE_ONE has RDP alpha / (2 s^2), s its noise multiplier
 relative to the replace-one sensitivity. dpledger's fixed-size round adds std sigma C to a sum
