@@ -300,6 +300,15 @@ def _pld(epsilon: float) -> str:
     return f"{epsilon:.4f}" if math.isfinite(epsilon) else "not computed (beyond the work bound)"
 
 
+def _classical(user: UserLevelEpsilon) -> str:
+    if not math.isfinite(user.epsilon_classical):
+        return "none (no example-level delta1 keeps the group's delta within delta)"
+    return (
+        f"{user.epsilon_classical:.4f} (K x example-level epsilon at delta1 = "
+        f"{user.example_delta:.3g})"
+    )
+
+
 def render_privacy_statement(statement: PrivacyStatement) -> str:
     """The statement as text (TF Privacy's layout, with RDP and PLD side by side)."""
     s, u = statement, statement.user
@@ -321,8 +330,7 @@ def render_privacy_statement(statement: PrivacyStatement) -> str:
         f"    RDP {u.epsilon_rdp:.4f} (Renyi order {u.order:.3g}; group privacy, Mironov 2017 "
         f"Prop. 2), PLD {_pld(u.epsilon_pld)} (sampling rate 1-(1-q)^K = {u.group_sample_rate:.4g}, "
         f"noise / K),",
-        f"    classical {_pld(u.epsilon_classical)} (K x example-level epsilon at delta "
-        f"{u.example_delta:.3g}; group privacy of (epsilon, delta)-DP)",
+        f"    classical {_classical(u)} (group privacy of (epsilon, delta)-DP)",
     ]
     if s.opacus_grid_lacks_order:
         lines += [

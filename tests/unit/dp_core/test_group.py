@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dp_core import InvalidParameterError, compute_epsilon
@@ -94,6 +94,7 @@ def test_issue_19_case_the_classical_bound_wins_and_is_valid():
 
 @settings(max_examples=5, deadline=None)
 @given(q=st.floats(0.005, 0.05), sigma=st.floats(0.8, 3.0), k=st.integers(2, 6))
+@example(q=0.05, sigma=0.8, k=4)  # no feasible classical point: inf
 def test_user_level_epsilon_is_the_smallest_valid_bound(q, sigma, k):
     schedule = NoiseSchedule(kind="constant", noise_multiplier=sigma)
     user = user_level_epsilon(
@@ -101,6 +102,9 @@ def test_user_level_epsilon_is_the_smallest_valid_bound(q, sigma, k):
     )
     values = {"rdp": user.epsilon_rdp, "pld": user.epsilon_pld, "classical": user.epsilon_classical}
     assert user.epsilon == values[user.bound] == min(values.values())
+    if math.isinf(user.epsilon_classical):  # no example-level point keeps the group delta
+        assert math.isnan(user.example_delta) and user.bound != "classical"
+        return
     eps1 = user.epsilon_classical / k
     assert user.example_delta * math.expm1(k * eps1) / math.expm1(eps1) <= 1e-5
     example = compute_epsilon(
