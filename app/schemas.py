@@ -624,7 +624,9 @@ class UserLevelRead(BaseModel):
     """User-level epsilon for users with up to ``records_per_user`` records (group privacy)."""
 
     records_per_user: int
-    epsilon: float | None = Field(description="min(epsilon_rdp, epsilon_pld): both are bounds.")
+    epsilon: float | None = Field(
+        description="The smallest of epsilon_rdp, epsilon_pld and epsilon_classical (all bounds)."
+    )
     epsilon_rdp: float | None = Field(description="Mironov 2017, Prop. 2 (group privacy of RDP).")
     order: float | None = Field(description="Renyi order of epsilon_rdp (of the group curve).")
     epsilon_pld: float | None = Field(
@@ -632,6 +634,11 @@ class UserLevelRead(BaseModel):
     )
     group_sample_rate: float
     delta: float
+    epsilon_classical: float | None = Field(
+        description="K x the example-level epsilon at example_delta (group privacy of DP)."
+    )
+    example_delta: float | None = Field(description="delta1 of epsilon_classical's point.")
+    bound: Literal["rdp", "pld", "classical"] = Field(description="Which bound gave epsilon.")
 
 
 class DpSgdStatementRead(BaseModel):

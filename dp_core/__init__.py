@@ -24,7 +24,7 @@ from dp_core.errors import (
     UnsupportedMechanismError,
 )
 from dp_core.federated import DpFedAvgRounds
-from dp_core.group import UserLevelEpsilon, compute_user_epsilon
+from dp_core.group import UserLevelEpsilon, user_level_epsilon
 from dp_core.mechanisms import (
     Composed,
     Gaussian,
@@ -81,12 +81,12 @@ __all__ = [
     "calibrate_noise_multiplier",
     "compute_epsilon",
     "compute_epsilon_pld",
-    "compute_user_epsilon",
     "max_steps",
     "mechanism_for_gaussian_release",
     "mechanism_for_laplace_release",
     "pate_mechanism",
     "render_privacy_statement",
+    "user_level_epsilon",
     "votes_from_predictions",
 ]
 

@@ -65,12 +65,14 @@ __all__ = [
     "EXACT_SCHEDULE_DISCRETIZATION",
     "SCHEDULE_DISCRETIZATION",
     "DiscretePld",
+    "PldCurve",
     "PldEpsilon",
     "compose_plds",
     "compute_epsilon_pld",
     "delta_of_pld",
     "epsilon_of_pld",
     "sampled_gaussian_pld",
+    "sampled_gaussian_pld_curve",
 ]
 
 DEFAULT_DISCRETIZATION = 8e-5  # a little finer than dp_accounting's 1e-4 (up to 8 sigmas)
@@ -515,15 +517,14 @@ def _default_discretization(buckets: int, *, rounded: bool) -> float:
     return SCHEDULE_DISCRETIZATION
 
 
-def _epsilon_direction(
+def _composed_direction(
     q: float,
     sigmas: FloatArray,
     counts: FloatArray,
     direction: str,
     h: float,
-    delta: float,
     max_fft_points: int | None = None,
-) -> float:
+) -> tuple[DiscretePld, float]:
     plds = [
         (
             sampled_gaussian_pld(
@@ -537,5 +538,57 @@ def _epsilon_direction(
         )
         for s, c in zip(sigmas, counts, strict=True)
     ]
-    composed, slack = compose_plds(plds, max_fft_points=max_fft_points)
+    return compose_plds(plds, max_fft_points=max_fft_points)
+
+
+def _epsilon_direction(
+    q: float,
+    sigmas: FloatArray,
+    counts: FloatArray,
+    direction: str,
+    h: float,
+    delta: float,
+    max_fft_points: int | None = None,
+) -> float:
+    composed, slack = _composed_direction(q, sigmas, counts, direction, h, max_fft_points)
     return epsilon_of_pld(composed, delta, slack)
+
+
+@dataclass(frozen=True)
+class PldCurve:
+    """Both directions' composed PLDs of a run: its epsilon at any delta from one composition.
+
+    Attributes:
+        composed: (PLD, slack) of each direction; empty when nothing was spent.
+    """
+
+    composed: tuple[tuple[DiscretePld, float], ...]
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon at ``delta``: the larger of the two directions' (an upper bound)."""
+        return max((epsilon_of_pld(pld, delta, slack) for pld, slack in self.composed), default=0.0)
+
+
+def sampled_gaussian_pld_curve(
+    *,
+    sample_rate: float,
+    schedule: NoiseSchedule,
+    steps: int,
+    discretization: float | None = None,
+    max_fft_points: int | None = None,
+) -> PldCurve:
+    """The privacy curve of :func:`compute_epsilon_pld`'s run, composed once for many deltas."""
+    q = probability("sample_rate", sample_rate)
+    steps = non_negative_int("steps", steps)
+    if steps == 0 or q == 0.0:
+        return PldCurve(())
+    distinct, steps_each = schedule.segments(0, steps)
+    sigmas, counts = _buckets(distinct, steps_each, DEFAULT_BUCKET_RATIO)
+    exact = distinct.size <= _EXACT_SIGMAS
+    h = discretization or _default_discretization(sigmas.size, rounded=not exact)
+    return PldCurve(
+        tuple(
+            _composed_direction(q, sigmas, counts, direction, h, max_fft_points)
+            for direction in _DIRECTIONS
+        )
+    )

@@ -23,11 +23,11 @@ from scipy import special
 from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.errors import DpCoreError, InvalidParameterError
-from dp_core.group import UserLevelEpsilon, compute_user_epsilon, group_rdp, group_sample_rate
+from dp_core.group import UserLevelEpsilon, user_level_epsilon, user_level_result
 from dp_core.mechanisms import SampledGaussianSchedule
 from dp_core.pld import SCHEDULE_DISCRETIZATION, compute_epsilon_pld
 from dp_core.rdp.compose import compute_rdp
-from dp_core.rdp.orders import DEFAULT_ORDERS, FloatArray
+from dp_core.rdp.orders import FloatArray
 from dp_core.schedules import NoiseSchedule
 from dp_core.validation import non_negative_int, open_probability, positive_float, probability
 
@@ -163,8 +163,8 @@ def user_discretization(records_per_user: int) -> float:
     """PLD grid width for users of K > 1 records: the loss range grows K^2-fold, so does h.
 
     Keeps the user-level PLD's work that of one record at :data:`dp_core.pld.SCHEDULE_DISCRETIZATION`
-    (a coarser grid is still an upper bound, only looser; the statement takes the smaller of the
-    RDP and PLD bounds).
+    (a coarser grid is still an upper bound, only looser; the statement takes the smallest of the
+    RDP, PLD and classical bounds).
     """
     return SCHEDULE_DISCRETIZATION * max(1.0, records_per_user**2 / 4.0)
 
@@ -218,32 +218,13 @@ def _user_level(
     """User-level epsilon; for K = 1 the example-level numbers themselves (nothing recomputed)."""
     k = records_per_user
     if k == 1:
-        epsilon_rdp, order = example
-        return UserLevelEpsilon(
-            1, min(epsilon_rdp, pld), epsilon_rdp, order, pld, sample_rate, delta
-        )
-    try:
-        return compute_user_epsilon(
-            sample_rate=sample_rate, schedule=schedule, steps=steps, delta=delta,
-            records_per_user=k, orders=orders, discretization=user_discretization(k),
-            max_fft_points=max_fft_points,
-        )  # fmt: skip
-    except InvalidParameterError:
-        raise
-    except DpCoreError:  # the PLD's window is too wide even on the coarse grid: RDP alone
-        return _user_rdp_only(sample_rate, schedule, steps, delta, k, orders)
-
-
-def _user_rdp_only(
-    q: float, schedule: NoiseSchedule, steps: int, delta: float, k: int, orders: object
-) -> UserLevelEpsilon:
-    """The RDP group bound of :func:`dp_core.group.compute_user_epsilon` (K > 1), PLD = inf."""
-    mechanism = SampledGaussianSchedule(sample_rate=q, schedule=schedule, steps=steps)
-    grid = DEFAULT_ORDERS if orders is None else np.asarray(orders, dtype=np.float64)
-    beta, rdp = group_rdp(mechanism=mechanism, orders=grid, records_per_user=k)
-    result = rdp_to_epsilon(orders=beta, rdp=rdp, delta=delta, warn=False)
-    rate = group_sample_rate(sample_rate=q, records_per_user=k)
-    return UserLevelEpsilon(k, result.epsilon, result.epsilon, result.order, math.inf, rate, delta)
+        rate = sample_rate
+        return user_level_result(1, example, pld, rate, delta, (min(example[0], pld), delta))
+    return user_level_epsilon(
+        sample_rate=sample_rate, schedule=schedule, steps=steps, delta=delta,
+        records_per_user=k, orders=orders, discretization=user_discretization(k),
+        max_fft_points=max_fft_points,
+    )  # fmt: skip
 
 
 def build_privacy_statement(
@@ -319,6 +300,15 @@ def _pld(epsilon: float) -> str:
     return f"{epsilon:.4f}" if math.isfinite(epsilon) else "not computed (beyond the work bound)"
 
 
+def _classical(user: UserLevelEpsilon) -> str:
+    if not math.isfinite(user.epsilon_classical):
+        return "none (no example-level delta1 keeps the group's delta within delta)"
+    return (
+        f"{user.epsilon_classical:.4f} (K x example-level epsilon at delta1 = "
+        f"{user.example_delta:.3g})"
+    )
+
+
 def render_privacy_statement(statement: PrivacyStatement) -> str:
     """The statement as text (TF Privacy's layout, with RDP and PLD side by side)."""
     s, u = statement, statement.user
@@ -339,10 +329,11 @@ def render_privacy_statement(statement: PrivacyStatement) -> str:
             "",
             f"User-level DP for users with up to {u.records_per_user} records "
             f"(add-or-remove-{u.records_per_user} adjacency), assuming Poisson sampling: "
-            f"epsilon {u.epsilon:.4f}, the smaller of",
+            f"epsilon {u.epsilon:.4f} ({u.bound}), the smallest of",
             f"    RDP {u.epsilon_rdp:.4f} (Renyi order {u.order:.3g}; group privacy, Mironov "
             f"2017 Prop. 2), PLD {_pld(u.epsilon_pld)} (sampling rate 1-(1-q)^K = "
-            f"{u.group_sample_rate:.4g}, noise / K)",
+            f"{u.group_sample_rate:.4g}, noise / K),",
+            f"    classical {_classical(u)} (group privacy of (epsilon, delta)-DP)",
         ]
     if s.opacus_grid_lacks_order:
         lines += [

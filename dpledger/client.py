@@ -328,6 +328,9 @@ class UserLevelRead(_Result):
     epsilon_pld: float | None
     group_sample_rate: float
     delta: float
+    epsilon_classical: float | None
+    example_delta: float | None
+    bound: Literal["rdp", "pld", "classical"]
 
 
 class DpSgdStatementRead(_Result):

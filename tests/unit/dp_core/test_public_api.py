@@ -22,7 +22,7 @@ def test_public_all_is_exactly_the_facade():
             "mechanism_for_gaussian_release", "mechanism_for_laplace_release", "pate_mechanism",
             "votes_from_predictions",
             # PLD, user level, statement (issue 13)
-            "PldEpsilon", "compute_epsilon_pld", "UserLevelEpsilon", "compute_user_epsilon",
+            "PldEpsilon", "compute_epsilon_pld", "UserLevelEpsilon", "user_level_epsilon",
             "PrivacyStatement", "build_privacy_statement", "render_privacy_statement",
             # user-level DP-FedAvg (issue 14)
             "DpFedAvgRounds",

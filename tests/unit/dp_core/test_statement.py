@@ -9,7 +9,7 @@ import pytest
 from scipy import optimize, stats
 
 from dp_core import NoiseSchedule, compute_epsilon, compute_epsilon_pld
-from dp_core.group import compute_user_epsilon
+from dp_core.group import user_level_epsilon
 from dp_core.statement import (
     OPACUS_ORDERS,
     build_privacy_statement,
@@ -32,7 +32,6 @@ def test_example_level_numbers_and_text():
     text = render_privacy_statement(s)
     assert f"RDP {rdp.epsilon:.4f} (Renyi order {rdp.order:.3g})" in text
     assert f"PLD {pld.epsilon:.4f}" in text and "Poisson" in text and "shuffled" in text
-    assert "User-level" not in text and "up to 1 records" not in text  # K = 1: example level
     json.dumps(s.to_dict())
 
 
@@ -108,8 +107,11 @@ def test_user_level_for_several_records():
     s = build_privacy_statement(
         sample_rate=0.01, steps=250, delta=1e-5, schedule=CONSTANT, records_per_user=3
     )
-    assert s.user.epsilon == min(s.user.epsilon_rdp, s.user.epsilon_pld) > s.epsilon_pld
-    assert "User-level DP for users with up to 3 records" in render_privacy_statement(s)
+    u = s.user
+    assert u.epsilon == min(u.epsilon_rdp, u.epsilon_pld, u.epsilon_classical) > s.epsilon_pld
+    assert u.bound == "classical" and u.epsilon < u.epsilon_rdp  # K eps1 beats Prop. 2 here
+    text = render_privacy_statement(s)
+    assert "up to 3 records" in text and f"epsilon {u.epsilon:.4f} (classical)" in text
 
 
 def test_steps_per_epoch_is_ceil_n_over_b():
@@ -120,7 +122,7 @@ def test_steps_per_epoch_is_ceil_n_over_b():
 def test_user_level_for_one_record_is_what_the_group_function_computes():
     decay = NoiseSchedule(kind="exponential", noise_multiplier=2.0, decay_rate=1e-3)
     s = build_privacy_statement(sample_rate=0.02, steps=300, delta=1e-5, schedule=decay)
-    direct = compute_user_epsilon(
+    direct = user_level_epsilon(
         sample_rate=0.02, schedule=decay, steps=300, delta=1e-5, records_per_user=1
     )
     assert s.user == direct
@@ -151,6 +153,7 @@ def test_a_pld_beyond_the_work_bound_is_reported_as_not_computed():
         max_fft_points=10,
     )  # fmt: skip
     assert math.isinf(s.epsilon_pld) and math.isinf(s.user.epsilon_pld)
-    assert s.user.epsilon == s.user.epsilon_rdp  # the RDP group bound stands alone
+    # The RDP group bound and the classical bound over the RDP curve stand alone.
+    assert s.user.epsilon == min(s.user.epsilon_rdp, s.user.epsilon_classical)
     assert s.to_dict()["epsilon_pld"] is None
     assert "not computed" in render_privacy_statement(s)
