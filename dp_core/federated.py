@@ -171,6 +171,11 @@ def _log_binomial(n: int, k: np.ndarray[Any, np.dtype[np.float64]]) -> FloatArra
 #: Integer orders up to this one use the Pearson-Vajda terms of WBK Thm. 27 (dp_accounting's cap
 #: too); above it, every j >= 3 term is Thm. 9's 2 e^{(j-1) eps(j)} (also a valid bound, cheaper).
 PEARSON_VAJDA_MAX_ORDER = 256
+#: Above this (sensitivity / std)^2, i.e. below an effective noise multiplier of 1, Thm. 9's
+#: terms alone are used (also valid): the Pearson-Vajda terms only help at larger noise (no
+#: change measured for sigma <= 2), and their exact moments would need exponents beyond any
+#: bounded precision for a nearly noiseless sum (a huge quantized model).
+PEARSON_VAJDA_MAX_D2 = 4.0
 _PV_ERROR_SCALE = 10**20  # a moment is accepted when its error bound is below 1e-20 of it
 
 
@@ -243,7 +248,7 @@ def _log_moment_terms(order: int, d2: float) -> FloatArray:
     """
     j = np.arange(2, order + 1, dtype=np.float64)
     theorem9 = math.log(2.0) + (j - 1.0) * j * d2 / 2.0
-    if order > PEARSON_VAJDA_MAX_ORDER:
+    if order > PEARSON_VAJDA_MAX_ORDER or d2 > PEARSON_VAJDA_MAX_D2:
         # log(e^x - 1) = x + log(1 - e^-x): finite for every x > 0 (expm1 overflows past ~709).
         theorem9[0] = min(theorem9[0], math.log(4.0) + d2 + math.log(-math.expm1(-d2)))
         return theorem9
