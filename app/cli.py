@@ -149,6 +149,19 @@ def _load_settings() -> Settings:
         _fail(f"invalid DPLEDGER_{field.upper()}: {first['msg']}")
 
 
+def _require_current_schema(settings: Settings) -> None:
+    """Exit 2 with one line when the database's schema is behind (migrations are off)."""
+    from app.db import create_db_engine, schema_problem, with_database_retries
+
+    engine = create_db_engine(settings)
+    try:
+        problem = with_database_retries(lambda: schema_problem(engine, settings), settings=settings)
+    finally:
+        engine.dispose()
+    if problem is not None:
+        _fail(problem)
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings).")] = None,
@@ -167,6 +180,8 @@ def serve(
 
     settings = _load_settings()
     configure_logging(settings)
+    if not settings.migrate_on_start:
+        _require_current_schema(settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     base = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
     database = display_url(settings.database_url)

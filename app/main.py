@@ -28,10 +28,13 @@ from app import __version__
 from app.api.routes import accountant, dashboard, datasets, health, runs, tokens
 from app.api.routes import metrics as metrics_routes
 from app.db import (
+    SchemaOutOfDateError,
     create_db_engine,
     is_database_unavailable,
     make_session_factory,
+    schema_problem,
     upgrade_database,
+    with_database_retries,
 )
 from app.errors import AppError, DatabaseUnavailableError, InternalError
 from app.logging_config import log_fields, request_id_var
@@ -164,19 +167,28 @@ def _hand_over_initial_token(token: str, settings: Settings) -> None:
 
 
 def _prepare_database(app: FastAPI, settings: Settings) -> None:
+    """Migrate (or check the schema), then register the first tokens; retried while the database
+    cannot be reached. A schema behind this code's migrations refuses to start."""
     if settings.migrate_on_start:
-        upgrade_database(settings)
+        with_database_retries(lambda: upgrade_database(settings), settings=settings)
     engine = create_db_engine(settings)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     try:
-        with app.state.session_factory() as session:
-            if settings.bootstrap_token is not None:
-                register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
-            create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
+        with_database_retries(lambda: _check_and_bootstrap(app, settings), settings=settings)
     except BaseException:
         engine.dispose()  # a failed start leaves no connection open
         raise
+
+
+def _check_and_bootstrap(app: FastAPI, settings: Settings) -> None:
+    problem = schema_problem(app.state.engine, settings)
+    if problem is not None:
+        raise SchemaOutOfDateError(problem)
+    with app.state.session_factory() as session:
+        if settings.bootstrap_token is not None:
+            register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
+        create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:

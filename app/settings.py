@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         default=True, description="Apply Alembic migrations when the service starts."
     )
     migrations_dir: Path = Field(default=_REPO_ROOT / "migrations")
+    startup_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a starting service retries an unreachable database (with"
+        " backoff) before it gives up.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     db_pool_size: int = Field(default=10, ge=1)
