@@ -36,12 +36,12 @@ from app.db import (
     upgrade_database,
     with_database_retries,
 )
-from app.errors import AppError, DatabaseUnavailableError, InternalError
+from app.errors import AppError, DatabaseUnavailableError, InternalError, RateLimitedError
 from app.logging_config import log_fields, request_id_var
 from app.middleware import BodySizeLimitMiddleware, ErrorBoundaryMiddleware, SafeUrlMiddleware
 from app.observability import install_observability
 from app.services.metrics_access import read_dataset_gauges
-from app.services.tokens import create_initial_token, register_bootstrap_token
+from app.services.tokens import RateLimiter, create_initial_token, register_bootstrap_token
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("dpledger")
@@ -63,8 +63,10 @@ def _error(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _retry_headers(request: Request, status: int) -> dict[str, str] | None:
-    if status != DatabaseUnavailableError.status_code:
+def _retry_headers(request: Request, exc: AppError) -> dict[str, str] | None:
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(exc.details["retry_after_s"])}
+    if exc.status_code != DatabaseUnavailableError.status_code:
         return None
     settings: Settings = request.app.state.settings
     return {"Retry-After": str(settings.retry_after_s)}
@@ -74,7 +76,7 @@ async def handle_app_error(request: Request, exc: Exception) -> Response:
     """Turn a domain error into ``{code, message, ...}`` with its status (a dashboard page: HTML)."""
     assert isinstance(exc, AppError)
     page = dashboard.render_error_page(request, exc.status_code, exc.message)
-    headers = _retry_headers(request, exc.status_code)
+    headers = _retry_headers(request, exc)
     if page is not None:
         page.headers.update(headers or {})
         return page
@@ -220,6 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.run_limiter = RateLimiter(
+        rate_per_s=settings.run_rate_per_s, burst=settings.run_rate_burst
+    )
     _install_guards(app, settings)
     install_observability(app, lambda: read_dataset_gauges(app.state.session_factory))
     app.include_router(metrics_routes.router)

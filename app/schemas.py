@@ -599,7 +599,17 @@ class BudgetRead(BaseModel):
             " with the filter epsilons above."
         )
     )
-    runs: list[RunBudget]
+    runs: list[RunBudget] = Field(
+        description="One page of the dataset's runs, oldest first (see runs_next_after)."
+    )
+    runs_next_after: int | None = Field(
+        default=None,
+        description="Pass as runs_after to read the next page of runs; null on the last page.",
+    )
+    runs_refused_total: int = Field(
+        default=0,
+        description="Runs ever refused on this dataset; only the newest 100 are kept and listed.",
+    )
     by_kind: list[KindSpend] = Field(description="Committed spend per mechanism kind.")
     approx_dp: ApproxDpBudget = Field(
         description="The black-box sub-budget (basic composition), included in epsilon_spent."

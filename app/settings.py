@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(
         default=5, ge=1, le=3600, description="Retry-After of a 503 database_unavailable."
     )
+    run_rate_per_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Run requests (POST /v1/runs) one token may make per second and process,"
+        " after a burst of run_rate_burst; more get 429 rate_limited with Retry-After. 0: off.",
+    )
+    run_rate_burst: int = Field(default=200, ge=1, description="See run_rate_per_s.")
     session_max_age_s: int = Field(
         default=12 * 3600, ge=60, le=30 * 24 * 3600, description="Life of a dashboard login."
     )

@@ -36,7 +36,7 @@ from app.schemas import (
 )
 from app.services.accounting import stored_mechanism
 from app.services.datasets import find_dataset, lock_dataset
-from app.services.runs import new_run, run_to_read
+from app.services.runs import forget_old_refusals, new_run, run_to_read
 
 #: How an approximate-DP release is described in the ledger (it has no dp_core mechanism).
 APPROX_DP_MECHANISM_VERSION = 1
@@ -158,6 +158,8 @@ def admit_approx_release(
                 )
             )
         session.flush()
+        if not admitted:
+            forget_old_refusals(session, dataset.id)
         result = run_to_read(run, dataset, 1 if admitted else 0)
     log_approx_decision(
         dataset=dataset.name,

@@ -86,8 +86,10 @@ def _spend_by_kind(dataset: Dataset, runs: list[Run], charged: dict[int, int]) -
     return rows
 
 
-def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
-    """Return where the dataset's budget stands."""
+def get_budget(
+    session: Session, name: str, principal: Principal, *, runs_limit: int = 100, runs_after: int = 0
+) -> BudgetRead:
+    """Return where the dataset's budget stands, with one page of its runs (ids > runs_after)."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
@@ -96,6 +98,8 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
         )
         charged = charged_units(session, [run.id for run in runs])
+        page = [run for run in runs if run.id > runs_after][:runs_limit]
+        more = len([run for run in runs if run.id > runs_after]) > runs_limit
         run_rows = [
             RunBudget(
                 id=run.id,
@@ -106,7 +110,7 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                 epochs_charged=charged.get(run.id, 0),
                 epsilon_run=run_epsilon(run, dataset, charged.get(run.id, 0)),
             )
-            for run in runs
+            for run in page
         ]
         committed = quanta.to_floats_up(dataset.rdp_committed)
         return BudgetRead(
@@ -124,6 +128,9 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                 )
             ),
             runs=run_rows,
+            runs_next_after=page[-1].id if more and page else None,
+            runs_refused_total=int(dataset.refused_runs_forgotten or 0)
+            + sum(run.status == RunStatus.refused.value for run in runs),
             by_kind=_spend_by_kind(dataset, runs, charged),
             approx_dp=approx_dp_budget(dataset),
             orders=_order_rows(dataset),
