@@ -175,6 +175,7 @@ def serve(
     import uvicorn
 
     from app.db import display_url
+    from app.http_protocol import protocol_with_header_timeout
     from app.logging_config import configure_logging, log_fields
     from app.main import create_app
 
@@ -200,6 +201,8 @@ def serve(
         log_config=None,  # keep the handler configure_logging installed on the root logger
         log_level=settings.log_level.lower(),
         access_log=False,  # the request middleware logs each request, with its id and latency
+        http=protocol_with_header_timeout(settings.header_timeout_s),
+        timeout_keep_alive=int(math.ceil(settings.keep_alive_timeout_s)),
     )
 
 

@@ -198,7 +198,11 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     # 500s carry the id), and the size limit and URL check run before routing, parsing and auth.
     app.add_middleware(ErrorBoundaryMiddleware, render=render_unhandled)
     app.add_middleware(SafeUrlMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -78,6 +78,21 @@ class Settings(BaseSettings):
         le=1 << 30,
         description="Largest request body; larger ones get 413 payload_too_large before parsing.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a request's headers within this many seconds of"
+        " opening (or of its previous response); else it is closed (`dpledger serve`).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request's whole body must arrive within this many seconds; else 408"
+        " request_timeout.",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
     retry_after_s: int = Field(
         default=5, ge=1, le=3600, description="Retry-After of a 503 database_unavailable."
     )
