@@ -690,7 +690,14 @@ class StatementRead(BaseModel):
     epsilon_run_planned: float | None = Field(
         description="The same conversion of every planned unit (what the plan would spend)."
     )
-    dp_sgd: DpSgdStatementRead | None = Field(description="Null for kinds other than dp_sgd.")
+    dp_sgd: DpSgdStatementRead | None = Field(
+        description="Null for kinds other than dp_sgd, and beyond the work limit (dp_sgd_note)."
+    )
+    dp_sgd_note: str | None = Field(
+        default=None,
+        description="Why a DP-SGD run's dp_sgd numbers were not computed (the request's work"
+        " limit); epsilon_run, the ledger's RDP epsilon, holds regardless.",
+    )
     target_epsilon: float
     epsilon_spent: float | None = Field(
         description="The dataset's spent epsilon across all runs (as BudgetRead.epsilon_spent)."
