@@ -56,6 +56,10 @@ MAX_RECORDS_PER_USER = 64
 #: of CPU and 256 MB.
 MAX_STATEMENT_NOISE_LEVELS = 50_000
 MAX_STATEMENT_EPOCHS = 50_000
+#: A decaying schedule's user-level PLD costs about 1 s at K = 16 and 2 s at K = 64 even for a
+#: few hundred steps: beyond this K (and within it, beyond ``MAX_STATEMENT_NOISE_LEVELS / (K^2 /
+#: 8)`` steps) its numbers are not computed.
+MAX_DECAYING_RECORDS_PER_USER = 16
 #: Statements' DP-SGD numbers by (engine, run, creation time, charged units, K, delta): a run's
 #: mechanism never changes, so they only change when it charges. Bounded (cleared when full).
 _CacheKey = tuple[int, int, datetime, int, int, float]
@@ -89,7 +93,7 @@ def _statement(
     dp_sgd, note = None, None
     if isinstance(mechanism, DpSgdMechanism):
         _check_records_per_user(records_per_user)
-        note = _over_the_work_limit(mechanism, charged)
+        note = _over_the_work_limit(mechanism, charged, records_per_user)
         if note is None:
             key = (engine_id, run.id, run.created_at, charged, records_per_user)
             dp_sgd = _cached(key + (dataset.target_delta,), mechanism, records_per_user)
@@ -129,18 +133,24 @@ def _check_records_per_user(records_per_user: int) -> None:
         )
 
 
-def _over_the_work_limit(mechanism: DpSgdMechanism, charged: int) -> str | None:
+def _over_the_work_limit(
+    mechanism: DpSgdMechanism, charged: int, records_per_user: int
+) -> str | None:
     """Estimate the DP-SGD numbers' work before doing it; say why they are skipped (None: not)."""
     assert mechanism.steps_per_epoch is not None  # stored with its default filled in
     steps = mechanism.steps_per_epoch * charged
     per_epoch = steps_per_epoch(mechanism.sample_rate) if mechanism.sample_rate > 0 else 1
     epochs = -(-steps // max(per_epoch, 1))
     levels = 1 if mechanism.noise.schedule == "constant" else steps
+    if records_per_user > 1 and levels > 1:  # the user-level PLD's window grows with K^2
+        levels *= max(1, records_per_user**2 // 8)
+        if records_per_user > MAX_DECAYING_RECORDS_PER_USER:  # ~2 s whatever the steps
+            levels = max(levels, MAX_STATEMENT_NOISE_LEVELS + 1)
     if levels <= MAX_STATEMENT_NOISE_LEVELS and epochs <= MAX_STATEMENT_EPOCHS:
         return None
     return (
         f"the PLD, per-epoch and user-level numbers were not computed: {steps} steps"
-        f" ({levels} noise levels, {epochs} epochs of the statement) exceed the service's work"
+        f" ({levels} noise levels at K = {records_per_user}, {epochs} epochs) exceed the service's work"
         f" limit ({MAX_STATEMENT_NOISE_LEVELS} noise levels, {MAX_STATEMENT_EPOCHS} epochs);"
         " the ledger's RDP epsilon above holds. `dpledger statement` computes them offline."
     )
