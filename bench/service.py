@@ -123,13 +123,54 @@ WORST = {
 }  # fmt: skip
 
 
+def _print_worst(label: str, status: int, took: float) -> None:
+    print(f"  {label:42s} {status}  {took * 1e3:8.1f} ms   (goal < 1000 ms)")
+
+
+async def _timed_get(http: httpx.AsyncClient, label: str, path: str, **params: object) -> None:
+    start = time.perf_counter()
+    response = await http.get(path, params=params)
+    _print_worst(label, response.status_code, time.perf_counter() - start)
+
+
+async def _worst_reads(http: httpx.AsyncClient) -> None:
+    """Issue 21: the statement of a cheap-to-admit 10^7-step run (23-30 s and 1 GB before), a
+    user-level statement of a decaying run at the work limit, and /budget after a refusal flood."""
+    sigma500 = {"schedule": "constant", "noise_multiplier": 500.0}
+    big = {"dataset": "bench", "name": "big", "sample_rate": 0.5, "steps_per_epoch": 10_000_000,
+           "epochs": 1, "noise": sigma500}  # fmt: skip
+    decaying = {"dataset": "bench", "name": "k16", "sample_rate": 0.01, "steps_per_epoch": 100,
+                "epochs": 15, "noise": {"schedule": "exponential", "noise_multiplier": 2.0,
+                                        "decay_rate": 1e-6}}  # fmt: skip
+    ids = []
+    for body in (big, decaying):
+        run = (await http.post("/v1/runs", json=body)).json()
+        for epoch in range(body["epochs"]):
+            await http.post(f"/v1/runs/{run['id']}/epochs", json={"epoch": epoch})
+        ids.append(run["id"])
+    await _timed_get(http, "statement, q 0.5 sigma 500, 1e7 steps", f"/v1/runs/{ids[0]}/statement")
+    await _timed_get(
+        http, "statement, decaying, K=16, at the limit", f"/v1/runs/{ids[1]}/statement",
+        records_per_user=16,
+    )  # fmt: skip
+    refused = {**big, "name": "refused", "noise": {"noise_multiplier": 0.5}, "epochs": 1}
+    for _ in range(300):
+        await http.post("/v1/runs", json=refused)
+    start = time.perf_counter()
+    response = await http.get("/v1/datasets/bench/budget")
+    _print_worst("/budget after 300 refusals", response.status_code, time.perf_counter() - start)
+    print(
+        f"  /budget size {len(response.content)} bytes, runs listed {len(response.json()['runs'])}"
+    )
+
+
 async def _worst_requests(http: httpx.AsyncClient) -> None:
     print("worst requests the default limits allow (one each)")
     for label, (path, body) in WORST.items():
         start = time.perf_counter()
         response = await http.post(path, json=body)
-        took = time.perf_counter() - start
-        print(f"  {label:42s} {response.status_code}  {took * 1e3:8.1f} ms   (goal < 1000 ms)")
+        _print_worst(label, response.status_code, time.perf_counter() - start)
+    await _worst_reads(http)
 
 
 async def bench(base_url: str, clients: int, seconds: float) -> None:
