@@ -52,9 +52,9 @@ def _refusals(text: str) -> float:
 @pytest.fixture
 def two_servers(database_url, tmp_path):
     # Started one after the other: the first applies the migrations, the second finds them done.
-    first = Server(database_url, tmp_path / "first.log").start()
+    first = Server(database_url, tmp_path / "first.log").start(timeout=90.0)
     try:
-        second = Server(database_url, tmp_path / "second.log").start()
+        second = Server(database_url, tmp_path / "second.log").start(timeout=90.0)
     except BaseException:
         first.stop()
         raise
