@@ -523,6 +523,10 @@ class LedgerEntryList(BaseModel):
 
     items: list[LedgerEntryRead]
     total: int
+    next_after: int | None = Field(
+        default=None,
+        description="Pass as `after` to read the next page (a cursor); null on the last page.",
+    )
 
 
 class OrderHeadroom(BaseModel):

@@ -208,15 +208,31 @@ def _entry_to_read(entry: LedgerEntry) -> LedgerEntryRead:
 
 
 def list_ledger(
-    session: Session, name: str, principal: Principal, *, limit: int, offset: int
+    session: Session,
+    name: str,
+    principal: Principal,
+    *,
+    limit: int,
+    offset: int,
+    after: int = 0,
 ) -> LedgerEntryList:
-    """Return a page of the dataset's ledger, oldest entry first."""
+    """Return a page of the dataset's ledger, oldest entry first: entries with an id above
+    ``after`` (a cursor: an index walk, however deep the page), then ``offset`` skipped."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
         where = LedgerEntry.dataset_id == dataset.id
         total = session.scalar(select(func.count()).select_from(LedgerEntry).where(where)) or 0
         entries = session.scalars(
-            select(LedgerEntry).where(where).order_by(LedgerEntry.id).limit(limit).offset(offset)
+            select(LedgerEntry)
+            .where(where, LedgerEntry.id > after)
+            .order_by(LedgerEntry.id)
+            .limit(limit + 1)
+            .offset(offset)
         ).all()
-        return LedgerEntryList(items=[_entry_to_read(e) for e in entries], total=total)
+        page, more = entries[:limit], len(entries) > limit
+        return LedgerEntryList(
+            items=[_entry_to_read(e) for e in page],
+            total=total,
+            next_after=page[-1].id if more else None,
+        )

@@ -103,3 +103,21 @@ async def test_run_creation_is_rate_limited_per_token(database_url):
                 "/v1/runs", json=run_body(name="t0", epochs=1), headers=auth(trainer_token)
             )
             assert other.status_code == 201, other.text  # another token has its own bucket
+
+
+async def test_the_ledger_is_paginated_by_cursor(client):
+    await make_dataset(client, target_epsilon=50.0)
+    for i in range(3):
+        assert (await client.post("/v1/runs", json=run_body(name=f"l{i}"))).status_code == 201
+    everything = (await client.get("/v1/datasets/mnist/ledger", params={"limit": 1000})).json()
+    assert everything["next_after"] is None and everything["total"] == 3
+    seen, after = [], 0
+    while True:
+        page = (
+            await client.get("/v1/datasets/mnist/ledger", params={"limit": 2, "after": after})
+        ).json()
+        seen += [entry["id"] for entry in page["items"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert seen == [entry["id"] for entry in everything["items"]]

@@ -53,7 +53,14 @@ def get_budget(
 
 @router.get("/{name}/ledger")
 def list_ledger(
-    name: str, session: SessionDep, principal: PrincipalDep, limit: Limit = 100, offset: Offset = 0
+    name: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Limit = 100,
+    offset: Offset = 0,
+    after: Annotated[
+        int, Query(ge=0, description="Cursor: entries with a larger id (next_after).")
+    ] = 0,
 ) -> LedgerEntryList:
-    """Return the dataset's append-only ledger, oldest entry first."""
-    return budgets.list_ledger(session, name, principal, limit=limit, offset=offset)
+    """Return the dataset's append-only ledger, oldest entry first (cursor: after/next_after)."""
+    return budgets.list_ledger(session, name, principal, limit=limit, offset=offset, after=after)
