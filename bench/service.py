@@ -101,17 +101,17 @@ WORST = {
     "decaying run at the noise-level limit": (
         "/v1/runs",
         {"dataset": "bench", "name": "decay", "sample_rate": 0.01, "steps_per_epoch": 10,
-         "epochs": 1_600, "noise": {"schedule": "exponential", "noise_multiplier": 5.0,
+         "epochs": 1_200, "noise": {"schedule": "exponential", "noise_multiplier": 5.0,
                                      "decay_rate": 1e-7}},
     ),
     "epsilon, decaying, at the limit": (
         "/v1/accountant/epsilon",
-        {"sample_rate": 0.01, "noise_multiplier": 1.0, "steps": 16_000, "delta": 1e-5,
+        {"sample_rate": 0.01, "noise_multiplier": 1.0, "steps": 12_000, "delta": 1e-5,
          "schedule": "exponential", "decay_rate": 1e-6},
     ),
     "noise-multiplier, decaying, at the limit": (
         "/v1/accountant/noise-multiplier",
-        {"target_epsilon": 5.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 8_000,
+        {"target_epsilon": 5.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 6_000,
          "schedule": "exponential", "decay_rate": 1e-6},
     ),
     "max-steps, constant, huge noise": (
@@ -158,7 +158,7 @@ async def _worst_reads(http: httpx.AsyncClient) -> None:
     big = {"dataset": "bench", "name": "big", "sample_rate": 0.5, "steps_per_epoch": 10_000_000,
            "epochs": 1, "noise": sigma500}  # fmt: skip
     decaying = {"dataset": "bench", "name": "k16", "sample_rate": 0.01, "steps_per_epoch": 100,
-                "epochs": 15, "noise": {"schedule": "exponential", "noise_multiplier": 2.0,
+                "epochs": 7, "noise": {"schedule": "exponential", "noise_multiplier": 2.0,
                                         "decay_rate": 1e-6}}  # fmt: skip
     ids = []
     for body in (big, decaying):

@@ -58,7 +58,7 @@ MAX_STATEMENT_NOISE_LEVELS = 50_000
 MAX_STATEMENT_EPOCHS = 50_000
 #: A decaying schedule's user-level PLD costs about 1 s at K = 16 and 2 s at K = 64 even for a
 #: few hundred steps: beyond this K (and within it, beyond ``MAX_STATEMENT_NOISE_LEVELS / (K^2 /
-#: 8)`` steps) its numbers are not computed.
+#: 4)`` steps) its numbers are not computed.
 MAX_DECAYING_RECORDS_PER_USER = 16
 #: Statements' DP-SGD numbers by (engine, run, creation time, charged units, K, delta): a run's
 #: mechanism never changes, so they only change when it charges. Bounded (cleared when full).
@@ -143,7 +143,7 @@ def _over_the_work_limit(
     epochs = -(-steps // max(per_epoch, 1))
     levels = 1 if mechanism.noise.schedule == "constant" else steps
     if records_per_user > 1 and levels > 1:  # the user-level PLD's window grows with K^2
-        levels *= max(1, records_per_user**2 // 8)
+        levels *= max(1, records_per_user**2 // 4)
         if records_per_user > MAX_DECAYING_RECORDS_PER_USER:  # ~2 s whatever the steps
             levels = max(levels, MAX_STATEMENT_NOISE_LEVELS + 1)
     if levels <= MAX_STATEMENT_NOISE_LEVELS and epochs <= MAX_STATEMENT_EPOCHS:
