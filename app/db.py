@@ -190,12 +190,19 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
 
 def schema_problem(engine: Engine, settings: Settings) -> str | None:
     """Return why the database's schema does not match this code's migrations (None: it does)."""
-    heads = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    heads = set(script.get_heads())
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
     if current == heads:
         return None
     found = ", ".join(sorted(current)) or "none (an empty database)"
+    known = {revision.revision for revision in script.walk_revisions()}
+    if not current <= known:
+        return (
+            f"the database schema is at revision {found}, newer than this dpledger knows"
+            f" ({', '.join(sorted(heads))}): run the dpledger release that migrated it"
+        )
     return (
         f"the database schema is at revision {found}, this dpledger needs"
         f" {', '.join(sorted(heads))}: run `dpledger db upgrade` (or set"
