@@ -184,6 +184,19 @@ def _load_settings() -> Settings:
         _fail(f"invalid DPLEDGER_{field.upper()}: {first['msg']}")
 
 
+def _require_current_schema(settings: Settings) -> None:
+    """Exit 2 with one line when the database's schema is behind (migrations are off)."""
+    from app.db import create_db_engine, schema_problem, with_database_retries
+
+    engine = create_db_engine(settings)
+    try:
+        problem = with_database_retries(lambda: schema_problem(engine, settings), settings=settings)
+    finally:
+        engine.dispose()
+    if problem is not None:
+        _fail(problem)
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings).")] = None,
@@ -197,11 +210,14 @@ def serve(
     import uvicorn
 
     from app.db import display_url
+    from app.http_protocol import protocol_with_header_timeout
     from app.logging_config import configure_logging, log_fields
     from app.main import create_app
 
     settings = _load_settings()
     configure_logging(settings)
+    if not settings.migrate_on_start:
+        _require_current_schema(settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     _check_port_free(bind_host, bind_port)
     base = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::') else bind_host}:{bind_port}"
@@ -221,6 +237,8 @@ def serve(
         log_config=None,  # keep the handler configure_logging installed on the root logger
         log_level=settings.log_level.lower(),
         access_log=False,  # the request middleware logs each request, with its id and latency
+        http=protocol_with_header_timeout(settings.header_timeout_s),
+        timeout_keep_alive=int(math.ceil(settings.keep_alive_timeout_s)),
     )
 
 

@@ -13,13 +13,17 @@ Write transactions take the dataset lock up front:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
@@ -28,6 +32,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.settings import Settings
 
 _WRITE_OPTION = "dpledger_write"
+T = TypeVar("T")
+logger = logging.getLogger("dpledger")
+
+
+class SchemaOutOfDateError(RuntimeError):
+    """The database's schema is not the revision this code needs (migrations were not applied)."""
 
 
 def is_sqlite(url: str) -> bool:
@@ -176,3 +186,49 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
     """Apply the migrations up to ``revision`` (creating an SQLite file and its directory)."""
     ensure_sqlite_directory(settings.database_url)
     command.upgrade(alembic_config(settings), revision)
+
+
+def schema_problem(engine: Engine, settings: Settings) -> str | None:
+    """Return why the database's schema does not match this code's migrations (None: it does)."""
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    heads = set(script.get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current == heads:
+        return None
+    found = ", ".join(sorted(current)) or "none (an empty database)"
+    known = {revision.revision for revision in script.walk_revisions()}
+    if not current <= known:
+        return (
+            f"the database schema is at revision {found}, newer than this dpledger knows"
+            f" ({', '.join(sorted(heads))}): run the dpledger release that migrated it"
+        )
+    return (
+        f"the database schema is at revision {found}, this dpledger needs"
+        f" {', '.join(sorted(heads))}: run `dpledger db upgrade` (or set"
+        " DPLEDGER_MIGRATE_ON_START=true)"
+    )
+
+
+def with_database_retries(action: Callable[[], T], *, settings: Settings) -> T:
+    """Run ``action``, retrying with exponential backoff while the database is unreachable.
+
+    A replica starting before its database (or losing the connection during its startup
+    migration) waits for it, up to ``settings.startup_timeout_s``; other errors propagate at once.
+    """
+    deadline = time.monotonic() + settings.startup_timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except sa_exc.SQLAlchemyError as error:
+            if not is_database_unavailable(error) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "database unavailable at startup (%s); retrying in %.1f s",
+                type(getattr(error, "orig", None) or error).__name__,
+                delay,
+                extra={"fields": {"event": "startup_retry", "delay_s": delay}},
+            )
+        time.sleep(delay)
+        delay = min(delay * 2.0, 5.0)

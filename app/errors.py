@@ -84,6 +84,19 @@ class NotFoundError(AppError):
     status_code = 404
 
 
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An ``Idempotency-Key`` already used by this token with a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class RateLimitedError(AppError):
+    """Too many requests of this kind from one token; retry after ``retry_after_s`` seconds."""
+
+    code = "rate_limited"
+    status_code = 429
+
+
 class ConflictError(AppError):
     """The request conflicts with the current state."""
 
@@ -183,3 +196,5 @@ __all__ += [
 ]
 
 __all__ += ["PrivacyUnitMismatchError"]
+
+__all__ += ["IdempotencyKeyReusedError", "RateLimitedError"]

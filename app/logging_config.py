@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -49,6 +50,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: Characters that could end a line or rewrite a terminal: C0 and C1 controls, DEL, and the
+#: Unicode line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_text(value: str) -> str:
+    """Return ``value`` with every control character written as an escape (``\\r``, ``\\x1b``).
+
+    The text format writes user-controlled values (a request path, a run name, an exception's
+    message) inside a line: escaped, a CR or LF in them can never forge a log line.
+    """
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
 class RequestIdFilter(logging.Filter):
     """Stamp every record with the request id of the request being served (None outside one)."""
 
@@ -77,18 +92,29 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """A human-readable line: time, level, logger, request id, message, then key=value fields."""
+    """A human-readable line: time, level, logger, request id, message, then key=value fields.
+
+    Every value is escaped (:func:`escape_text`), so one record is always one line; a traceback
+    follows on continuation lines that start with ``" | "``, never with a timestamp.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        if not hasattr(record, "request_id"):
-            record.request_id = None
-        text = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        record.request_id = None if request_id is None else escape_text(str(request_id))
+        record.message = escape_text(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_text(self.formatMessage(record))
         fields = record_fields(record)
         if fields:
-            text += " " + " ".join(f"{key}={_jsonable(value)!r}" for key, value in fields.items())
+            pairs = (f"{escape_text(str(k))}={_jsonable(v)!r}" for k, v in fields.items())
+            text += " " + escape_text(" ".join(pairs))
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            text += "".join(f"\n | {escape_text(line)}" for line in record.exc_text.splitlines())
         return text
 
 

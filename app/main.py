@@ -28,17 +28,20 @@ from app import __version__
 from app.api.routes import accountant, dashboard, datasets, health, runs, tokens
 from app.api.routes import metrics as metrics_routes
 from app.db import (
+    SchemaOutOfDateError,
     create_db_engine,
     is_database_unavailable,
     make_session_factory,
+    schema_problem,
     upgrade_database,
+    with_database_retries,
 )
-from app.errors import AppError, DatabaseUnavailableError, InternalError
+from app.errors import AppError, DatabaseUnavailableError, InternalError, RateLimitedError
 from app.logging_config import log_fields, request_id_var
 from app.middleware import BodySizeLimitMiddleware, ErrorBoundaryMiddleware, SafeUrlMiddleware
 from app.observability import install_observability
 from app.services.metrics_access import read_dataset_gauges
-from app.services.tokens import create_initial_token, register_bootstrap_token
+from app.services.tokens import RateLimiter, create_initial_token, register_bootstrap_token
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger("dpledger")
@@ -60,8 +63,10 @@ def _error(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def _retry_headers(request: Request, status: int) -> dict[str, str] | None:
-    if status != DatabaseUnavailableError.status_code:
+def _retry_headers(request: Request, exc: AppError) -> dict[str, str] | None:
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(exc.details["retry_after_s"])}
+    if exc.status_code != DatabaseUnavailableError.status_code:
         return None
     settings: Settings = request.app.state.settings
     return {"Retry-After": str(settings.retry_after_s)}
@@ -71,7 +76,7 @@ async def handle_app_error(request: Request, exc: Exception) -> Response:
     """Turn a domain error into ``{code, message, ...}`` with its status (a dashboard page: HTML)."""
     assert isinstance(exc, AppError)
     page = dashboard.render_error_page(request, exc.status_code, exc.message)
-    headers = _retry_headers(request, exc.status_code)
+    headers = _retry_headers(request, exc)
     if page is not None:
         page.headers.update(headers or {})
         return page
@@ -181,19 +186,28 @@ def _hand_over_initial_token(token: str, settings: Settings) -> None:
 
 
 def _prepare_database(app: FastAPI, settings: Settings) -> None:
+    """Migrate (or check the schema), then register the first tokens; retried while the database
+    cannot be reached. A schema behind this code's migrations refuses to start."""
     if settings.migrate_on_start:
-        upgrade_database(settings)
+        with_database_retries(lambda: upgrade_database(settings), settings=settings)
     engine = create_db_engine(settings)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     try:
-        with app.state.session_factory() as session:
-            if settings.bootstrap_token is not None:
-                register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
-            create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
+        with_database_retries(lambda: _check_and_bootstrap(app, settings), settings=settings)
     except BaseException:
         engine.dispose()  # a failed start leaves no connection open
         raise
+
+
+def _check_and_bootstrap(app: FastAPI, settings: Settings) -> None:
+    problem = schema_problem(app.state.engine, settings)
+    if problem is not None:
+        raise SchemaOutOfDateError(problem)
+    with app.state.session_factory() as session:
+        if settings.bootstrap_token is not None:
+            register_bootstrap_token(session, settings.bootstrap_token.get_secret_value())
+        create_initial_token(session, lambda token: _hand_over_initial_token(token, settings))
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
@@ -201,7 +215,11 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     # 500s carry the id), and the size limit and URL check run before routing, parsing and auth.
     app.add_middleware(ErrorBoundaryMiddleware, render=render_unhandled)
     app.add_middleware(SafeUrlMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -225,6 +243,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.run_limiter = RateLimiter(
+        rate_per_s=settings.run_rate_per_s, burst=settings.run_rate_burst
+    )
     _install_guards(app, settings)
     install_observability(app, lambda: read_dataset_gauges(app.state.session_factory))
     app.include_router(metrics_routes.router)

@@ -3,6 +3,8 @@
 * :class:`BodySizeLimitMiddleware` reads at most ``max_bytes`` of a request body (refusing a larger
   ``Content-Length`` at once, and counting streamed chunks otherwise), then replays the buffered
   body to the app: nothing ever parses or holds more than the limit. 413 ``payload_too_large``.
+  The whole body must arrive within ``body_timeout_s`` (a slow client holds no worker longer):
+  408 ``request_timeout``. The headers' own deadline is :mod:`app.http_protocol`'s.
 * :class:`SafeUrlMiddleware` refuses a path or query string holding NUL, control or bidi
   characters (see :mod:`app.text`) with 422 ``invalid_input``, for every route alike.
 * :class:`ErrorBoundaryMiddleware` turns an exception nothing else handled into the app's JSON
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
@@ -36,11 +39,13 @@ def _too_large(max_bytes: int) -> Response:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` before anything reads them (413)."""
+    """Refuse request bodies over ``max_bytes`` (413) or slower than ``body_timeout_s`` (408)
+    before anything reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,21 +60,37 @@ class BodySizeLimitMiddleware:
                 return
             await _too_large(self.max_bytes)(scope, receive, send)
             return
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._read(receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            response = error_response(408, "request_timeout", message)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        if body is None:
+            return  # the client left before sending its body: nobody to answer
+        if isinstance(body, Response):
+            await body(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | Response | None:
+        """Return the whole body, a 413 to send, or None when the client disconnected."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the client left before sending its body: nobody to answer
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _too_large(self.max_bytes)(scope, receive, send)
-                return
+                return _too_large(self.max_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+                return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

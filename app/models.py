@@ -107,6 +107,8 @@ class Dataset(Base):
     #: "replace_one"), fixed by the first admitted run (null before); runs of the other relation
     #: are refused (:mod:`app.ledger.compatibility`).
     neighbouring_relation: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Refused runs deleted to keep only the last few (the refusal count stays exact).
+    refused_runs_forgotten: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 
@@ -120,7 +122,10 @@ class Run(Base):
     """
 
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key"),
+        Index("ix_runs_dataset_id_status_id", "dataset_id", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
@@ -141,6 +146,8 @@ class Run(Base):
     costs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     #: "<token id>:<client key>" of ``Idempotency-Key``: a retried creation finds this run.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: SHA-256 of the canonical JSON of the creating request (with an idempotency key only).
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
 

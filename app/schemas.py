@@ -530,6 +530,10 @@ class LedgerEntryList(BaseModel):
 
     items: list[LedgerEntryRead]
     total: int
+    next_after: int | None = Field(
+        default=None,
+        description="Pass as `after` to read the next page (a cursor); null on the last page.",
+    )
 
 
 class OrderHeadroom(BaseModel):
@@ -606,7 +610,17 @@ class BudgetRead(BaseModel):
             " with the filter epsilons above."
         )
     )
-    runs: list[RunBudget]
+    runs: list[RunBudget] = Field(
+        description="One page of the dataset's runs, oldest first (see runs_next_after)."
+    )
+    runs_next_after: int | None = Field(
+        default=None,
+        description="Pass as runs_after to read the next page of runs; null on the last page.",
+    )
+    runs_refused_total: int = Field(
+        default=0,
+        description="Runs ever refused on this dataset; only the newest 100 are kept and listed.",
+    )
     by_kind: list[KindSpend] = Field(description="Committed spend per mechanism kind.")
     approx_dp: ApproxDpBudget = Field(
         description="The black-box sub-budget (basic composition), included in epsilon_spent."
@@ -694,7 +708,14 @@ class StatementRead(BaseModel):
     epsilon_run_planned: float | None = Field(
         description="The same conversion of every planned unit (what the plan would spend)."
     )
-    dp_sgd: DpSgdStatementRead | None = Field(description="Null for kinds other than dp_sgd.")
+    dp_sgd: DpSgdStatementRead | None = Field(
+        description="Null for kinds other than dp_sgd, and beyond the work limit (dp_sgd_note)."
+    )
+    dp_sgd_note: str | None = Field(
+        default=None,
+        description="Why a DP-SGD run's dp_sgd numbers were not computed (the request's work"
+        " limit); epsilon_run, the ledger's RDP epsilon, holds regardless.",
+    )
     target_epsilon: float
     epsilon_spent: float | None = Field(
         description="The dataset's spent epsilon across all runs (as BudgetRead.epsilon_spent)."

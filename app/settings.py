@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         default=True, description="Apply Alembic migrations when the service starts."
     )
     migrations_dir: Path = Field(default=_REPO_ROOT / "migrations")
+    startup_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a starting service retries an unreachable database (with"
+        " backoff) before it gives up.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     db_pool_size: int = Field(default=10, ge=1)
@@ -72,9 +78,31 @@ class Settings(BaseSettings):
         le=1 << 30,
         description="Largest request body; larger ones get 413 payload_too_large before parsing.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a request's headers within this many seconds of"
+        " opening (or of its previous response); else it is closed (`dpledger serve`).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request's whole body must arrive within this many seconds; else 408"
+        " request_timeout.",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
     retry_after_s: int = Field(
         default=5, ge=1, le=3600, description="Retry-After of a 503 database_unavailable."
     )
+    run_rate_per_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Run requests (POST /v1/runs) one token may make per second and process,"
+        " after a burst of run_rate_burst; more get 429 rate_limited with Retry-After. 0: off.",
+    )
+    run_rate_burst: int = Field(default=200, ge=1, description="See run_rate_per_s.")
     session_max_age_s: int = Field(
         default=12 * 3600, ge=60, le=30 * 24 * 3600, description="Life of a dashboard login."
     )

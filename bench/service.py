@@ -7,7 +7,8 @@ by side:
    charge p50 <= 3x the no-op p50 (issue 10);
 2. ``--clients`` concurrent clients, each charging its own run's epochs for ``--seconds``, then
    the same clients on ``/livez``; goal: charge throughput >= 0.5x the no-op throughput;
-3. the worst requests the default limits allow (issue 11), each timed once: goal < 1 s.
+3. the worst requests the default limits allow (issues 11 and 21), each timed once: goal < 1 s
+   of the server's CPU (read from /proc, so a loaded machine inflates only the wall time).
 
 Every charge is one transaction: authenticate + lock + read the run in one statement, then the
 ledger entry and the new budget state in one statement (a data-modifying CTE), then the commit. Client and server share the machine's cores. The load generator speaks raw
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -99,17 +101,17 @@ WORST = {
     "decaying run at the noise-level limit": (
         "/v1/runs",
         {"dataset": "bench", "name": "decay", "sample_rate": 0.01, "steps_per_epoch": 10,
-         "epochs": 2_500, "noise": {"schedule": "exponential", "noise_multiplier": 5.0,
+         "epochs": 1_200, "noise": {"schedule": "exponential", "noise_multiplier": 5.0,
                                      "decay_rate": 1e-7}},
     ),
     "epsilon, decaying, at the limit": (
         "/v1/accountant/epsilon",
-        {"sample_rate": 0.01, "noise_multiplier": 1.0, "steps": 25_000, "delta": 1e-5,
+        {"sample_rate": 0.01, "noise_multiplier": 1.0, "steps": 12_000, "delta": 1e-5,
          "schedule": "exponential", "decay_rate": 1e-6},
     ),
     "noise-multiplier, decaying, at the limit": (
         "/v1/accountant/noise-multiplier",
-        {"target_epsilon": 5.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 12_500,
+        {"target_epsilon": 5.0, "delta": 1e-5, "sample_rate": 0.01, "steps": 6_000,
          "schedule": "exponential", "decay_rate": 1e-6},
     ),
     "max-steps, constant, huge noise": (
@@ -123,13 +125,72 @@ WORST = {
 }  # fmt: skip
 
 
+#: The server's process id (set by main): the worst requests report the server's CPU time, which
+#: a loaded machine does not inflate as it does wall time.
+_SERVER_PID: list[int] = []
+
+
+def _server_cpu_s() -> float:
+    """CPU seconds (user + system) the server process has used so far (Linux /proc)."""
+    if not _SERVER_PID:
+        return math.nan
+    fields = Path(f"/proc/{_SERVER_PID[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _print_worst(label: str, status: int, took: float, cpu: float) -> None:
+    print(
+        f"  {label:42s} {status}  wall {took * 1e3:8.1f} ms  server CPU {cpu * 1e3:7.0f} ms"
+        "   (goal < 1000 ms)"
+    )
+
+
+async def _timed_get(http: httpx.AsyncClient, label: str, path: str, **params: object) -> None:
+    start, cpu = time.perf_counter(), _server_cpu_s()
+    response = await http.get(path, params=params)
+    _print_worst(label, response.status_code, time.perf_counter() - start, _server_cpu_s() - cpu)
+
+
+async def _worst_reads(http: httpx.AsyncClient) -> None:
+    """Issue 21: the statement of a cheap-to-admit 10^7-step run (23-30 s and 1 GB before), a
+    user-level statement of a decaying run at the work limit, and /budget after a refusal flood."""
+    sigma500 = {"schedule": "constant", "noise_multiplier": 500.0}
+    big = {"dataset": "bench", "name": "big", "sample_rate": 0.5, "steps_per_epoch": 10_000_000,
+           "epochs": 1, "noise": sigma500}  # fmt: skip
+    decaying = {"dataset": "bench", "name": "k16", "sample_rate": 0.01, "steps_per_epoch": 100,
+                "epochs": 7, "noise": {"schedule": "exponential", "noise_multiplier": 2.0,
+                                        "decay_rate": 1e-6}}  # fmt: skip
+    ids = []
+    for body in (big, decaying):
+        run = (await http.post("/v1/runs", json=body)).json()
+        for epoch in range(body["epochs"]):
+            await http.post(f"/v1/runs/{run['id']}/epochs", json={"epoch": epoch})
+        ids.append(run["id"])
+    await _timed_get(http, "statement, q 0.5 sigma 500, 1e7 steps", f"/v1/runs/{ids[0]}/statement")
+    await _timed_get(
+        http, "statement, decaying, K=16, at the limit", f"/v1/runs/{ids[1]}/statement",
+        records_per_user=16,
+    )  # fmt: skip
+    refused = {**big, "name": "refused", "noise": {"noise_multiplier": 0.5}, "epochs": 1}
+    for _ in range(300):
+        await http.post("/v1/runs", json=refused)
+    start, cpu = time.perf_counter(), _server_cpu_s()
+    response = await http.get("/v1/datasets/bench/budget")
+    took, cpu = time.perf_counter() - start, _server_cpu_s() - cpu
+    _print_worst("/budget after 300 refusals", response.status_code, took, cpu)
+    print(
+        f"  /budget size {len(response.content)} bytes, runs listed {len(response.json()['runs'])}"
+    )
+
+
 async def _worst_requests(http: httpx.AsyncClient) -> None:
     print("worst requests the default limits allow (one each)")
     for label, (path, body) in WORST.items():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _server_cpu_s()
         response = await http.post(path, json=body)
-        took = time.perf_counter() - start
-        print(f"  {label:42s} {response.status_code}  {took * 1e3:8.1f} ms   (goal < 1000 ms)")
+        took, cpu = time.perf_counter() - start, _server_cpu_s() - cpu
+        _print_worst(label, response.status_code, took, cpu)
+    await _worst_reads(http)
 
 
 async def bench(base_url: str, clients: int, seconds: float) -> None:
@@ -187,6 +248,8 @@ def main() -> None:
     )
     try:
         server.start()
+        assert server.process is not None
+        _SERVER_PID.append(server.process.pid)
         asyncio.run(bench(server.url, args.clients, args.seconds))
     finally:
         server.stop()

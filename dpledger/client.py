@@ -57,6 +57,7 @@ __all__ = [
     "Forbidden",
     "GaussianRelease",
     "Health",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "KindSpend",
     "LaplaceRelease",
@@ -75,6 +76,7 @@ __all__ = [
     "Pate",
     "PayloadTooLarge",
     "PrivacyUnitMismatch",
+    "RateLimited",
     "RetryPolicy",
     "RunBudget",
     "RunNotActive",
@@ -254,6 +256,7 @@ class LedgerEntryList(_Result):
 
     items: list[LedgerEntryRead]
     total: int
+    next_after: int | None = None
 
 
 class OrderHeadroom(_Result):
@@ -300,6 +303,8 @@ class BudgetRead(_Result):
     epsilon_remaining: float
     epsilon_non_adaptive: float | None
     runs: list[RunBudget]
+    runs_next_after: int | None = None
+    runs_refused_total: int = 0
     by_kind: list[KindSpend]
     approx_dp: ApproxDpBudget
     orders: list[OrderHeadroom]
@@ -371,6 +376,7 @@ class StatementRead(_Result):
     epsilon_run_order: float | None
     epsilon_run_planned: float | None
     dp_sgd: DpSgdStatementRead | None
+    dp_sgd_note: str | None = None
     target_epsilon: float
     epsilon_spent: float | None
     text: str
@@ -634,6 +640,18 @@ class CalibrationFailed(InvalidInput):
     codes = ("calibration_failed",)
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """The Idempotency-Key was used before with a different request body (422)."""
+
+    codes = ("idempotency_key_reused",)
+
+
+class RateLimited(LedgerError):
+    """Too many run requests from this token (429); ``body["retry_after_s"]`` says when to retry."""
+
+    codes = ("rate_limited",)
+
+
 class Unauthorized(LedgerError):
     """No token, or an unknown or revoked one (401)."""
 
@@ -788,6 +806,7 @@ _BY_STATUS: dict[int, type[LedgerError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: InvalidInput,
+    429: RateLimited,
     502: ServiceUnavailable,
     503: ServiceUnavailable,
     504: ServiceUnavailable,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.db import read_transaction, write_transaction
-from app.errors import BudgetExceededError, ConflictError
+from app.errors import BudgetExceededError, ConflictError, IdempotencyKeyReusedError
 from app.ledger import compatibility, transitions
 from app.ledger.budget import Admission, BudgetState
 from app.ledger.costs import UnitCosts
@@ -46,7 +46,14 @@ from app.services.datasets import (
     store_budget_state,
 )
 from app.services.ledger_writes import write_entries
-from app.services.runs import find_run, new_run, read_run, run_to_read
+from app.services.runs import (
+    find_run,
+    forget_old_refusals,
+    new_run,
+    read_run,
+    request_hash,
+    run_to_read,
+)
 from dp_core.mechanisms import neighbouring_relation
 
 
@@ -99,12 +106,20 @@ def _scoped_key(principal: Principal, key: str | None) -> str | None:
     return None if key is None else f"{principal.token_id}:{key}"
 
 
-def _replayed(session: Session, key: str) -> RunRead | None:
-    """Return the run an earlier request with this idempotency key created (re-raising its 409)."""
+def _replayed(session: Session, key: str, body: RunCreate) -> RunRead | None:
+    """Return the run an earlier request with this idempotency key created (re-raising its 409).
+
+    The key is bound to the request: the same key with another body is 422.
+    """
     with read_transaction(session):
         run = session.scalar(select(Run).where(Run.idempotency_key == key))
         if run is None:
             return None
+        if run.request_hash is not None and run.request_hash != request_hash(body):
+            raise IdempotencyKeyReusedError(
+                f"this Idempotency-Key created run {run.id} from a different request body;"
+                " use a new key for a new request"
+            )
         dataset = session.get_one(Dataset, run.dataset_id)
         result = read_run(session, run, dataset)
     if run.status == RunStatus.refused.value:
@@ -135,7 +150,7 @@ def admit_run(
     principal.require_dataset_write(body.dataset)
     key = _scoped_key(principal, idempotency_key)
     if key is not None and not dry_run:
-        earlier = _replayed(session, key)
+        earlier = _replayed(session, key, body)
         if earlier is not None:
             return earlier
     mechanism = body.resolved_mechanism()
@@ -163,7 +178,7 @@ def admit_run(
     except IntegrityError as error:  # a concurrent request with the same key won the race
         if key is None:
             raise
-        earlier = _replayed(session, key)
+        earlier = _replayed(session, key, body)
         if earlier is None:
             raise ConflictError("a concurrent request with this Idempotency-Key failed") from error
         return earlier
@@ -212,7 +227,9 @@ def _admit(
         )
         session.add(run)
         session.flush()
-        if not step.refused:
+        if step.refused:
+            forget_old_refusals(session, dataset.id)
+        else:
             dataset.neighbouring_relation = relation
             _apply(session, dataset, run, request, step, principal.actor)
         session.flush()

@@ -35,7 +35,7 @@ from app.schemas import (
 from app.services.accounting import stored_mechanism
 from app.services.datasets import find_dataset, lock_dataset
 from app.services.ledger_writes import ledger_row
-from app.services.runs import new_run, run_to_read
+from app.services.runs import forget_old_refusals, new_run, run_to_read
 
 #: How an approximate-DP release is described in the ledger (it has no dp_core mechanism).
 APPROX_DP_MECHANISM_VERSION = 1
@@ -134,6 +134,8 @@ def admit_approx_release(
                          "mechanism": {"type": "ApproxDp", **stored}}  # fmt: skip
             session.add(ledger_row(dataset, run, entry, mechanism, principal.actor))
         session.flush()
+        if not admitted:
+            forget_old_refusals(session, dataset.id)
         result = run_to_read(run, dataset, 1 if admitted else 0)
     log_approx_decision(
         dataset=dataset.name,

@@ -81,8 +81,10 @@ def _spend_by_kind(dataset: Dataset, runs: list[Run], charged: dict[int, int]) -
     return rows
 
 
-def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
-    """Return where the dataset's budget stands."""
+def get_budget(
+    session: Session, name: str, principal: Principal, *, runs_limit: int = 100, runs_after: int = 0
+) -> BudgetRead:
+    """Return where the dataset's budget stands, with one page of its runs (ids > runs_after)."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
@@ -91,6 +93,8 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
             session.scalars(select(Run).where(Run.dataset_id == dataset.id).order_by(Run.id))
         )
         charged = charged_units(session, [run.id for run in runs])
+        page = [run for run in runs if run.id > runs_after][:runs_limit]
+        more = len([run for run in runs if run.id > runs_after]) > runs_limit
         run_rows = [
             RunBudget(
                 id=run.id,
@@ -101,7 +105,7 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                 epochs_charged=charged.get(run.id, 0),
                 epsilon_run=run_epsilon(run, dataset, charged.get(run.id, 0)),
             )
-            for run in runs
+            for run in page
         ]
         return BudgetRead(
             dataset=dataset.name,
@@ -114,6 +118,9 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                 orders=dataset.orders, vector=dataset.rdp_committed, delta=dataset.target_delta
             ).epsilon,
             runs=run_rows,
+            runs_next_after=page[-1].id if more and page else None,
+            runs_refused_total=int(dataset.refused_runs_forgotten or 0)
+            + sum(run.status == RunStatus.refused.value for run in runs),
             by_kind=_spend_by_kind(dataset, runs, charged),
             approx_dp=approx_dp_budget(dataset),
             orders=_order_rows(dataset),
@@ -191,15 +198,31 @@ def _entry_to_read(entry: LedgerEntry) -> LedgerEntryRead:
 
 
 def list_ledger(
-    session: Session, name: str, principal: Principal, *, limit: int, offset: int
+    session: Session,
+    name: str,
+    principal: Principal,
+    *,
+    limit: int,
+    offset: int,
+    after: int = 0,
 ) -> LedgerEntryList:
-    """Return a page of the dataset's ledger, oldest entry first."""
+    """Return a page of the dataset's ledger, oldest entry first: entries with an id above
+    ``after`` (a cursor: an index walk, however deep the page), then ``offset`` skipped."""
     principal.require_dataset_read(name)
     with read_transaction(session):
         dataset = find_dataset(session, name)
         where = LedgerEntry.dataset_id == dataset.id
         total = session.scalar(select(func.count()).select_from(LedgerEntry).where(where)) or 0
         entries = session.scalars(
-            select(LedgerEntry).where(where).order_by(LedgerEntry.id).limit(limit).offset(offset)
+            select(LedgerEntry)
+            .where(where, LedgerEntry.id > after)
+            .order_by(LedgerEntry.id)
+            .limit(limit + 1)
+            .offset(offset)
         ).all()
-        return LedgerEntryList(items=[_entry_to_read(e) for e in entries], total=total)
+        page, more = entries[:limit], len(entries) > limit
+        return LedgerEntryList(
+            items=[_entry_to_read(e) for e in page],
+            total=total,
+            next_after=page[-1].id if more else None,
+        )

@@ -13,16 +13,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, hash_token
 from app.db import read_transaction, write_connection, write_transaction
-from app.errors import NotFoundError
+from app.errors import ConflictError, InternalError, NotFoundError
 from app.ledger import compatibility, readouts, transitions
+from app.ledger.budget import Admission
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
-from app.ledger.transitions import EntryKind
+from app.ledger.transitions import EntryKind, Transition
 from app.models import ApiToken, Dataset, LedgerEntry, Run, utc_now
 from app.observability import AdmissionLog, log_charge
 from app.schemas import EpochChargeRead, MechanismKind, RunRead, RunStatus
@@ -118,9 +131,7 @@ def _authenticate(connection: Connection, token: str | None) -> Principal:
         return authenticate(session, token)
 
 
-def _lock_for_charge(
-    connection: Connection, run_id: int, caller: str | Principal | None
-) -> _Locked:
+def lock_for_charge(connection: Connection, run_id: int, caller: str | Principal | None) -> _Locked:
     """Authenticate, lock the dataset and read the run: one statement (FOR UPDATE OF datasets).
 
     ``caller`` is the bearer token of an HTTP request (checked in the same statement), or an
@@ -206,18 +217,33 @@ def _plan_of(connection: Connection, run: Run, orders: list[float]) -> _Plan:
     return plan
 
 
+#: The guard of a charge's write, evaluated in the write statement's own snapshot: the run still
+#: has the status and the last charged unit the decision was made on. The lock statement reads
+#: them in the snapshot it took *before* waiting for the dataset lock (PostgreSQL READ COMMITTED
+#: refreshes only the locked row after a wait), so a finish or a concurrent retry committed during
+#: the wait would go unseen; the write statement starts after the lock is granted, and every writer
+#: of a run's status or charges holds the dataset lock, so what it sees cannot change any more.
+_LAST_UNIT = (
+    select(func.coalesce(func.max(_ENTRIES.c.epoch), -1))
+    .where(_ENTRIES.c.run_id == bindparam("p_run_id"), _ENTRIES.c.kind == EntryKind.charge.value)
+    .scalar_subquery()
+)
+_UNCHANGED = exists().where(
+    _RUNS.c.id == bindparam("p_run_id"), _RUNS.c.status == bindparam("p_status")
+) & (bindparam("p_last") == _LAST_UNIT)
+_ENTRY_VALUES = {
+    "dataset_id": bindparam("p_dataset_id"),
+    "run_id": bindparam("p_run_id"),
+    "kind": literal(EntryKind.charge.value),
+    "epoch": bindparam("p_unit"),
+    "rdp": bindparam("p_rdp", type_=_ENTRIES.c.rdp.type),
+    "mechanism": bindparam("p_mechanism", type_=_ENTRIES.c.mechanism.type),
+    "created_at": bindparam("p_created_at", type_=_ENTRIES.c.created_at.type),
+    "actor": bindparam("p_actor"),
+}
 _INSERT_ENTRY = (
     insert(_ENTRIES)
-    .values(
-        dataset_id=bindparam("p_dataset_id"),
-        run_id=bindparam("p_run_id"),
-        kind=EntryKind.charge.value,
-        epoch=bindparam("p_unit"),
-        rdp=bindparam("p_rdp", type_=_ENTRIES.c.rdp.type),
-        mechanism=bindparam("p_mechanism", type_=_ENTRIES.c.mechanism.type),
-        created_at=bindparam("p_created_at", type_=_ENTRIES.c.created_at.type),
-        actor=bindparam("p_actor"),
-    )
+    .from_select(list(_ENTRY_VALUES), select(*_ENTRY_VALUES.values()).where(_UNCHANGED))
     .returning(_ENTRIES.c.id, _ENTRIES.c.created_at)
 )
 _UPDATE_STATE = (
@@ -229,23 +255,89 @@ _UPDATE_STATE = (
         alive=bindparam("p_alive", type_=_DATASETS.c.alive.type),
     )
 )
-#: PostgreSQL: the entry and the new state in one statement (data-modifying CTEs run exactly
-#: once, in the statement's snapshot; the dataset row is already locked by this transaction).
+#: PostgreSQL: the guarded entry and the new state in one statement (data-modifying CTEs run
+#: exactly once, in the statement's snapshot; the dataset row is already locked by this
+#: transaction). The state is updated only when the entry was inserted.
 _INSERTED = _INSERT_ENTRY.cte("inserted")
 _WRITE_CHARGE = select(_INSERTED.c.id, _INSERTED.c.created_at).add_cte(
-    _UPDATE_STATE.returning(_DATASETS.c.id).cte("updated")
+    _UPDATE_STATE.where(exists(select(_INSERTED.c.id))).returning(_DATASETS.c.id).cte("updated")
 )
 
 
-def _write_charge(connection: Connection, params: dict[str, Any]) -> tuple[int, datetime]:
-    """Insert the charge's ledger entry and store the new budget state: one round trip on
-    PostgreSQL, two on SQLite (which has no data-modifying CTEs)."""
+def _write_charge(connection: Connection, params: dict[str, Any]) -> tuple[int, datetime] | None:
+    """Insert the charge's ledger entry and store the new budget state, if the run is unchanged.
+
+    One round trip on PostgreSQL, two on SQLite (which has no data-modifying CTEs). None when the
+    guard failed: the decision was made on a stale read and nothing was written.
+    """
     if connection.dialect.name == "postgresql":
-        row = connection.execute(_WRITE_CHARGE, params).one()
+        row = connection.execute(_WRITE_CHARGE, params).first()
     else:
-        row = connection.execute(_INSERT_ENTRY, params).one()
-        connection.execute(_UPDATE_STATE, params)
-    return int(row[0]), cast(datetime, row[1])
+        row = connection.execute(_INSERT_ENTRY, params).first()
+        if row is not None:
+            connection.execute(_UPDATE_STATE, params)
+    return None if row is None else (int(row[0]), cast(datetime, row[1]))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a charge decided under the lock: a written entry, a stored one, or a refusal."""
+
+    locked: _Locked
+    plan: _Plan
+    written: tuple[int, datetime] | None = None
+    existing: EpochChargeRead | None = None
+    refusal: Admission | None = None
+
+
+def _write_params(locked: _Locked, plan: _Plan, step: Transition, unit: int) -> dict[str, Any]:
+    entry = step.entries[0]
+    assert plan.spec is not None  # a black-box release is charged once, at admission
+    new = step.budget
+    return {
+        "p_dataset_id": locked.dataset.id,
+        "p_run_id": locked.run.id,
+        "p_status": locked.run.status,
+        "p_last": locked.charged - 1,
+        "p_unit": unit,
+        "p_rdp": entry.cost,
+        "p_mechanism": entry_mechanism(plan.spec, entry),
+        "p_created_at": utc_now(),
+        "p_actor": locked.principal.actor,
+        "p_reserved": new.reserved,
+        "p_committed": new.committed,
+        "p_alive": list(new.alive),
+    }
+
+
+def charge_locked(connection: Connection, locked: _Locked, unit: int) -> _Outcome:
+    """Decide and write a charge while this transaction holds the dataset lock.
+
+    The first decision uses the lock statement's read, which may be stale (see ``_UNCHANGED``):
+    a write is guarded, and a refusal or an error is decided again on a fresh read (taken
+    under the lock already held: it cannot be stale). The fast path stays one write statement.
+    """
+    for fresh in (False, True):
+        if fresh:
+            locked = lock_for_charge(connection, locked.run.id, locked.principal)
+        plan = _plan_of(connection, locked.run, list(locked.dataset.orders))
+        run = run_state(locked.run, plan.costs, locked.charged)
+        try:
+            step = transitions.charge(budget_state(locked.dataset), run, unit)
+        except (ConflictError, ValueError):  # a stale read can break the ledger's preconditions
+            if fresh:
+                raise
+            continue
+        if step.refused:
+            if fresh:
+                return _Outcome(locked, plan, refusal=step.admission)
+            continue
+        if not step.entries:
+            return _Outcome(locked, plan, existing=_existing(connection, locked, unit, plan.costs))
+        written = _write_charge(connection, _write_params(locked, plan, step, unit))
+        if written is not None:
+            return _Outcome(locked, plan, written=written)
+    raise InternalError("a charge read the run under the dataset lock and found it changed")
 
 
 def charge_unit(
@@ -260,50 +352,28 @@ def charge_unit(
 
     From the run's reservation (``plan`` runs) or through the filter (``epoch`` runs: 409
     budget_exceeded when it does not fit). Idempotent per (run, unit): a retry finds the
-    existing charge, returns it and writes nothing.
+    existing charge, returns it and writes nothing, also when it raced the first request.
     """
     with write_connection(engine) as connection:
-        locked = _lock_for_charge(connection, run_id, caller)
-        run, dataset = locked.run, locked.dataset
-        compatibility.check_unit_route(run_id=run.id, kind=run.kind, route=route)
-        plan = _plan_of(connection, run, list(dataset.orders))
-        state = budget_state(dataset)
-        step = transitions.charge(state, run_state(run, plan.costs, locked.charged), unit)
-        if step.refused:
-            assert step.admission is not None
-            refusal = step.admission
-        elif not step.entries:
-            return _existing(connection, locked, unit, plan.costs)
-        else:
-            refusal = None
-            entry = step.entries[0]
-            assert plan.spec is not None  # a black-box release is charged once, at admission
-            new = step.budget
-            entry_id, created_at = _write_charge(
-                connection,
-                {
-                    "p_dataset_id": dataset.id,
-                    "p_run_id": run.id,
-                    "p_unit": unit,
-                    "p_rdp": entry.cost,
-                    "p_mechanism": entry_mechanism(plan.spec, entry),
-                    "p_created_at": utc_now(),
-                    "p_actor": locked.principal.actor,
-                    "p_reserved": new.reserved,
-                    "p_committed": new.committed,
-                    "p_alive": list(new.alive),
-                },
-            )
-    if refusal is not None:
+        locked = lock_for_charge(connection, run_id, caller)
+        compatibility.check_unit_route(run_id=locked.run.id, kind=locked.run.kind, route=route)
+        outcome = charge_locked(connection, locked, unit)
+    if outcome.existing is not None:
+        return outcome.existing
+    locked, plan = outcome.locked, outcome.plan
+    run, dataset = locked.run, locked.dataset
+    if outcome.refusal is not None:
         AdmissionLog(
             run_name=run.name,
             inputs={**(plan.stored_spec or {}), "reservation": run.reservation, "epoch": unit},
             actor=locked.principal.actor,
             dry_run=False,
         ).log_decision(
-            dataset=dataset.name, verdict=verdict(refusal, dataset.orders), run_id=run.id
+            dataset=dataset.name, verdict=verdict(outcome.refusal, dataset.orders), run_id=run.id
         )
-        raise budget_refusal(dataset.name, dataset.target_epsilon, refusal, run.id)
+        raise budget_refusal(dataset.name, dataset.target_epsilon, outcome.refusal, run.id)
+    assert outcome.written is not None
+    entry_id, created_at = outcome.written
     log_charge(
         dataset=dataset.name,
         run_id=run_id,
@@ -327,14 +397,24 @@ def finish_run(session: Session, run_id: int, principal: Principal) -> RunRead:
         principal.require_dataset_write(dataset.name)
         dataset_id = dataset.id
     with write_transaction(session):
-        dataset = lock_dataset(session, dataset_id)
-        run = session.get_one(Run, run_id, populate_existing=True)
-        charged = charged_units(session, [run_id]).get(run_id, 0)
-        costs = run_costs(run, list(dataset.orders))
-        step = transitions.finish(budget_state(dataset), run_state(run, costs, charged))
-        if step.entries:
-            store_budget_state(dataset, step.budget)
-            write_entries(session, dataset, run, run_spec(run), step.entries, principal.actor)
-        run.status = RunStatus.finished.value
-        session.flush()
-        return run_to_read(run, dataset, charged)
+        return finish_locked(session, dataset_id, run_id, principal.actor)
+
+
+def finish_locked(session: Session, dataset_id: int, run_id: int, actor: str) -> RunRead:
+    """Finish a run inside the caller's write transaction: lock the dataset, then read the run.
+
+    The run's status and charges are read *after* the lock is granted (separate statements, so
+    fresh snapshots under READ COMMITTED): a charge committed while this waited is counted, and
+    no release ever covers a unit that was charged.
+    """
+    dataset = lock_dataset(session, dataset_id)
+    run = session.get_one(Run, run_id, populate_existing=True)
+    charged = charged_units(session, [run_id]).get(run_id, 0)
+    costs = run_costs(run, list(dataset.orders))
+    step = transitions.finish(budget_state(dataset), run_state(run, costs, charged))
+    if step.entries:
+        store_budget_state(dataset, step.budget)
+        write_entries(session, dataset, run, run_spec(run), step.entries, actor)
+    run.status = RunStatus.finished.value
+    session.flush()
+    return run_to_read(run, dataset, charged)

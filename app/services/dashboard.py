@@ -148,7 +148,7 @@ def _summary(
         epsilon_spent=budget.epsilon_spent,
         epsilon_reserved=budget.epsilon_reserved,
         epsilon_remaining=budget.epsilon_remaining,
-        runs=len(budget.runs),
+        runs=sum(kind.runs for kind in budget.by_kind),  # every run, not one page
         last_activity=max(dataset.created_at, last_activity or dataset.created_at),
         bar=_bar(budget),
     )
@@ -193,6 +193,9 @@ def list_dataset_summaries(
 
 
 # --- one dataset ------------------------------------------------------------------------------
+
+#: Runs per page of the dataset page (the budget endpoint's page; "Next runs" links to the next).
+RUNS_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,14 @@ def _spend_history(session: Session, dataset: Dataset) -> SpendHistory:
     return SpendHistory(points=points, charges=charges)
 
 
-def get_dataset_detail(session: Session, name: str, principal: Principal) -> DatasetDetail:
-    """Return what the dataset page shows (403/404 as ``GET /v1/datasets/{name}/budget``)."""
-    budget = budgets.get_budget(session, name, principal)
+def get_dataset_detail(
+    session: Session, name: str, principal: Principal, *, runs_after: int = 0
+) -> DatasetDetail:
+    """Return what the dataset page shows (403/404 as ``GET /v1/datasets/{name}/budget``), with
+    one page of its runs (ids above ``runs_after``)."""
+    budget = budgets.get_budget(
+        session, name, principal, runs_limit=RUNS_PAGE_SIZE, runs_after=runs_after
+    )
     with read_transaction(session):
         dataset = find_dataset(session, name)
         detail = dataset_to_read(dataset)

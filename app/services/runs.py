@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError
@@ -13,7 +15,7 @@ from app.ledger import quanta, readouts
 from app.ledger.costs import UnitCosts
 from app.ledger.plans import ChargeSpec
 from app.ledger.transitions import EntryKind, HoldMode, RunState
-from app.models import Dataset, LedgerEntry, Run
+from app.models import Dataset, LedgerEntry, Run, RunAudit
 from app.schemas import (
     AnyMechanism,
     ApproxDpRelease,
@@ -166,6 +168,16 @@ def read_run(session: Session, run: Run, dataset: Dataset) -> RunRead:
     return run_to_read(run, dataset, charged_units(session, [run.id]).get(run.id, 0))
 
 
+def request_hash(body: RunCreate) -> str:
+    """Return the SHA-256 of the request's canonical JSON (what an Idempotency-Key is bound to).
+
+    Computed from the parsed body with its defaults, so two spellings of one request (key order,
+    whitespace, an omitted default) are the same request.
+    """
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def new_run(
     body: RunCreate,
     stored: dict[str, Any],
@@ -197,5 +209,52 @@ def new_run(
         status=RunStatus.refused.value,
         costs=None if costs is None else costs.to_json(),
         idempotency_key=idempotency_key,
+        request_hash=None if idempotency_key is None else request_hash(body),
         created_by=actor,
     )
+
+
+#: How many refused runs each dataset keeps (the newest); older ones are deleted and counted in
+#: ``datasets.refused_runs_forgotten``, so refusals cost bounded storage and listings.
+REFUSED_RUNS_KEPT = 100
+
+
+def forget_old_refusals(session: Session, dataset_id: int) -> int:
+    """Delete the dataset's refused runs beyond the newest ``keep`` and count them (call it in the
+    refusing transaction, under the dataset lock). A refused run has no ledger entry; one with an
+    audit is kept. Returns how many were deleted."""
+    keep = REFUSED_RUNS_KEPT
+    boundary = session.scalar(
+        select(Run.id)
+        .where(Run.dataset_id == dataset_id, Run.status == RunStatus.refused.value)
+        .order_by(Run.id.desc())
+        .offset(keep)
+        .limit(1)
+    )
+    if boundary is None:
+        return 0
+    result = session.execute(
+        delete(Run).where(
+            Run.dataset_id == dataset_id,
+            Run.status == RunStatus.refused.value,
+            Run.id <= boundary,
+            ~exists().where(RunAudit.run_id == Run.id),
+        )
+    )
+    deleted = int(cast(CursorResult[Any], result).rowcount)
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id)
+        .values(refused_runs_forgotten=Dataset.refused_runs_forgotten + deleted)
+    )
+    return int(deleted)
+
+
+def refused_runs_total(session: Session, dataset: Dataset) -> int:
+    """Return how many runs the dataset ever refused (kept plus forgotten)."""
+    kept = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.dataset_id == dataset.id, Run.status == RunStatus.refused.value)
+    )
+    return int(kept or 0) + int(dataset.refused_runs_forgotten or 0)

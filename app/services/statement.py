@@ -9,6 +9,8 @@ request costs more than about a second of CPU.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
@@ -39,6 +41,7 @@ from dp_core.statement import (
     PrivacyStatement,
     build_privacy_statement,
     render_privacy_statement,
+    steps_per_epoch,
 )
 
 #: The most FFT points one PLD composition may use (about 0.5 s of CPU on 2 cores); beyond it the grid is
@@ -46,8 +49,22 @@ from dp_core.statement import (
 MAX_FFT_POINTS = 1 << 21
 #: The most records per user a statement computes group privacy for (the cost grows with K).
 MAX_RECORDS_PER_USER = 64
-#: The most DP-SGD steps a statement accounts (the RDP of a decaying schedule is per step).
-MAX_STATEMENT_STEPS = 10_000_000
+#: The cost estimate made before a statement's DP-SGD numbers are computed (measured: a decaying
+#: schedule costs about 10 us and 0.7 kB per step, a constant one about 10 us per epoch, on a
+#: loaded 2-core machine). Beyond either limit the numbers are not computed: the statement keeps
+#: the ledger's RDP epsilon and says why in ``dp_sgd_note``. Both keep a request under about 1 s
+#: of CPU and 256 MB.
+MAX_STATEMENT_NOISE_LEVELS = 50_000
+MAX_STATEMENT_EPOCHS = 50_000
+#: A decaying schedule's user-level PLD costs about 1 s at K = 16 and 2 s at K = 64 even for a
+#: few hundred steps: beyond this K (and within it, beyond ``MAX_STATEMENT_NOISE_LEVELS / (K^2 /
+#: 4)`` steps) its numbers are not computed.
+MAX_DECAYING_RECORDS_PER_USER = 16
+#: Statements' DP-SGD numbers by (engine, run, creation time, charged units, K, delta): a run's
+#: mechanism never changes, so they only change when it charges. Bounded (cleared when full).
+_CacheKey = tuple[int, int, datetime, int, int, float]
+_CACHE: dict[_CacheKey, PrivacyStatement] = {}
+_CACHE_MAX = 512
 
 
 def get_statement(
@@ -58,7 +75,7 @@ def get_statement(
         run, dataset = find_run(session, run_id)
         principal.require_dataset_read(dataset.name)
         charged = charged_units(session, [run.id]).get(run.id, 0)
-        return _statement(run, dataset, charged, records_per_user)
+        return _statement(id(session.get_bind()), run, dataset, charged, records_per_user)
 
 
 def page_statement(session: Session, run_id: int, principal: Principal) -> StatementRead | None:
@@ -69,13 +86,17 @@ def page_statement(session: Session, run_id: int, principal: Principal) -> State
         return None
 
 
-def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) -> StatementRead:
+def _statement(
+    engine_id: int, run: Run, dataset: Dataset, charged: int, records_per_user: int
+) -> StatementRead:
     mechanism = run_mechanism(run)
-    dp_sgd = (
-        _dp_sgd_numbers(mechanism, charged, dataset.target_delta, records_per_user)
-        if isinstance(mechanism, DpSgdMechanism)
-        else None
-    )
+    dp_sgd, note = None, None
+    if isinstance(mechanism, DpSgdMechanism):
+        _check_records_per_user(records_per_user)
+        note = _over_the_work_limit(mechanism, charged, records_per_user)
+        if note is None:
+            key = (engine_id, run.id, run.created_at, charged, records_per_user)
+            dp_sgd = _cached(key + (dataset.target_delta,), mechanism, records_per_user)
     epsilon_run = run_epsilon(run, dataset, charged)
     order, planned = _ledger_order_and_plan(run, dataset, charged)
     spent = finite(headline(dataset).spent)
@@ -95,6 +116,7 @@ def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) 
         epsilon_run_order=order,
         epsilon_run_planned=planned,
         dp_sgd=None if dp_sgd is None else DpSgdStatementRead.model_validate(dp_sgd.to_dict()),
+        dp_sgd_note=note,
         target_epsilon=dataset.target_epsilon,
         epsilon_spent=spent,
         text="",
@@ -103,22 +125,52 @@ def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) 
     return read
 
 
-def _dp_sgd_numbers(
-    mechanism: DpSgdMechanism, charged: int, delta: float, records_per_user: int
-) -> PrivacyStatement:
+def _check_records_per_user(records_per_user: int) -> None:
     if not 1 <= records_per_user <= MAX_RECORDS_PER_USER:
         raise InvalidInputError(
             f"records_per_user must be between 1 and {MAX_RECORDS_PER_USER}",
             parameter="records_per_user",
         )
+
+
+def _over_the_work_limit(
+    mechanism: DpSgdMechanism, charged: int, records_per_user: int
+) -> str | None:
+    """Estimate the DP-SGD numbers' work before doing it; say why they are skipped (None: not)."""
     assert mechanism.steps_per_epoch is not None  # stored with its default filled in
     steps = mechanism.steps_per_epoch * charged
-    if steps > MAX_STATEMENT_STEPS:
-        raise InvalidInputError(
-            f"the run charged {steps} steps; a statement accounts at most {MAX_STATEMENT_STEPS}"
-            " (use `dpledger statement` offline)",
-            parameter="run_id",
-        )
+    per_epoch = steps_per_epoch(mechanism.sample_rate) if mechanism.sample_rate > 0 else 1
+    epochs = -(-steps // max(per_epoch, 1))
+    levels = 1 if mechanism.noise.schedule == "constant" else steps
+    if records_per_user > 1 and levels > 1:  # the user-level PLD's window grows with K^2
+        levels *= max(1, records_per_user**2 // 4)
+        if records_per_user > MAX_DECAYING_RECORDS_PER_USER:  # ~2 s whatever the steps
+            levels = max(levels, MAX_STATEMENT_NOISE_LEVELS + 1)
+    if levels <= MAX_STATEMENT_NOISE_LEVELS and epochs <= MAX_STATEMENT_EPOCHS:
+        return None
+    return (
+        f"the PLD, per-epoch and user-level numbers were not computed: {steps} steps"
+        f" ({levels} noise levels at K = {records_per_user}, {epochs} epochs) exceed the service's work"
+        f" limit ({MAX_STATEMENT_NOISE_LEVELS} noise levels, {MAX_STATEMENT_EPOCHS} epochs);"
+        " the ledger's RDP epsilon above holds. `dpledger statement` computes them offline."
+    )
+
+
+def _cached(key: _CacheKey, mechanism: DpSgdMechanism, records_per_user: int) -> PrivacyStatement:
+    cached = _CACHE.get(key)
+    if cached is None:
+        cached = _dp_sgd_numbers(mechanism, key[3], key[5], records_per_user)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = cached
+    return cached
+
+
+def _dp_sgd_numbers(
+    mechanism: DpSgdMechanism, charged: int, delta: float, records_per_user: int
+) -> PrivacyStatement:
+    assert mechanism.steps_per_epoch is not None  # stored with its default filled in
+    steps = mechanism.steps_per_epoch * charged
     noise = mechanism.noise
     with translated_dp_errors():
         return build_privacy_statement(
@@ -168,4 +220,6 @@ def _text(read: StatementRead, dp_sgd: PrivacyStatement | None) -> str:
     ]
     if dp_sgd is not None:
         lines += ["", render_privacy_statement(dp_sgd)]
+    elif read.dp_sgd_note is not None:
+        lines += ["", f"Note: {read.dp_sgd_note}"]
     return "\n".join(lines)

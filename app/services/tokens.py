@@ -9,6 +9,9 @@ a revocation survives restarts. Revoking a token also ends its dashboard session
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal, generate_token, hash_token
 from app.db import read_transaction, write_transaction
-from app.errors import AuthenticationError, InvalidInputError, NotFoundError
+from app.errors import AuthenticationError, InvalidInputError, NotFoundError, RateLimitedError
 from app.models import ApiToken, DashboardSession, Dataset, utc_now
 from app.schemas import Role, TokenCreate, TokenCreated
 
@@ -173,3 +176,39 @@ def revoke_token(session: Session, token_id: int) -> TokenInfo:
         session.execute(delete(DashboardSession).where(DashboardSession.token_id == token_id))
         session.flush()
         return _info(row)
+
+
+class RateLimiter:
+    """A token bucket per API token: ``burst`` requests at once, then ``rate_per_s`` a second.
+
+    Per process: with N replicas a token may make N times as many requests. That is still safe:
+    the limit protects each process's CPU (each replica has its own bucket), and what a flood of
+    requests could store is bounded elsewhere (refused runs beyond the last few are forgotten).
+    A rate of 0 disables the limit.
+    """
+
+    def __init__(
+        self, *, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}  # token id -> (level, when)
+        self._lock = threading.Lock()
+
+    def take(self, token_id: int) -> None:
+        """Spend one request of ``token_id``'s bucket, or raise RateLimitedError (429)."""
+        if self.rate_per_s <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            level, when = self._buckets.get(token_id, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - when) * self.rate_per_s)
+            if level < 1.0:
+                self._buckets[token_id] = (level, now)
+                wait = math.ceil((1.0 - level) / self.rate_per_s)
+                raise RateLimitedError(
+                    f"too many run requests from this token; retry in {wait} s",
+                    retry_after_s=wait,
+                )
+            self._buckets[token_id] = (level - 1.0, now)

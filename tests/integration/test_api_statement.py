@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import dp_core
+from app.services import statement as statement_service
 from dpledger.cli import cli
 from tests.integration.conftest import auth, make_dataset, run_body
 
@@ -116,3 +117,42 @@ async def test_a_decaying_100_epoch_run_gets_its_pld_within_the_work_bound(clien
     body = got.json()["dp_sgd"]
     assert body["steps"] == 10_000 and body["epsilon_pld"] is not None
     print(f"statement of a 100-epoch decaying run (K=4): {spent:.2f} s CPU")
+
+
+async def test_a_statement_beyond_the_work_limit_falls_back_to_rdp_with_a_note(client):
+    """q 0.5, sigma 500, 10^7 steps: cheap to admit, took 23-30 s and 1 GB to state."""
+    await make_dataset(client, target_epsilon=50.0)
+    noise = {"schedule": "constant", "noise_multiplier": 500.0, "decay_rate": 0.0}
+    body = run_body(sample_rate=0.5, steps_per_epoch=10_000_000, epochs=1, noise=noise)
+    run = (await client.post("/v1/runs", json=body)).json()
+    await _charge(client, run["id"], 1)
+    start = time.process_time()
+    got = await client.get(f"/v1/runs/{run['id']}/statement")
+    spent = time.process_time() - start
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["dp_sgd"] is None
+    assert "10000000 steps" in body["dp_sgd_note"] and "work limit" in body["dp_sgd_note"]
+    assert body["epsilon_run"] is not None and body["epsilon_run"] > 0
+    assert body["dp_sgd_note"] in body["text"]
+    print(f"statement beyond the work limit: {spent:.2f} s CPU")
+
+
+async def test_statement_numbers_are_cached_per_run_and_charge(client, monkeypatch):
+    calls = []
+    original = statement_service.build_privacy_statement
+
+    def counting(**kwargs):
+        calls.append(kwargs["steps"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(statement_service, "build_privacy_statement", counting)
+    await make_dataset(client, target_epsilon=50.0)
+    run = (await client.post("/v1/runs", json=run_body(sample_rate=0.01, epochs=3))).json()
+    await _charge(client, run["id"], 1)
+    first = (await client.get(f"/v1/runs/{run['id']}/statement")).json()
+    second = (await client.get(f"/v1/runs/{run['id']}/statement")).json()
+    assert first == second and calls == [100]
+    await client.post(f"/v1/runs/{run['id']}/epochs", json={"epoch": 1})
+    third = (await client.get(f"/v1/runs/{run['id']}/statement")).json()
+    assert calls == [100, 200] and third["dp_sgd"]["steps"] == 200

@@ -405,3 +405,22 @@ def test_every_template_and_static_file_ships_in_the_package():
         if path.is_file()
     }
     assert wanted and wanted <= shipped
+
+
+async def test_the_dataset_page_lists_runs_a_page_at_a_time(client, monkeypatch):
+    monkeypatch.setattr(dashboard, "RUNS_PAGE_SIZE", 2)
+    await make_dataset(client, target_epsilon=50.0)
+    ids = [
+        (await client.post("/v1/runs", json=run_body(name=f"p{i}", epochs=1))).json()["id"]
+        for i in range(3)
+    ]
+    first = (await client.get("/dashboard/datasets/mnist")).text
+    listed = [int(i) for i in re.findall(r'data-run="(\d+)"', first)]
+    assert listed == ids[:2]
+    link = re.search(r'href="\?runs_after=(\d+)" data-field="runs_next"', first)
+    assert link is not None and int(link.group(1)) == ids[1]
+    second = (await client.get(f"/dashboard/datasets/mnist?runs_after={link.group(1)}")).text
+    assert [int(i) for i in re.findall(r'data-run="(\d+)"', second)] == ids[2:]
+    assert 'data-field="runs_next"' not in second
+    overview = (await client.get("/dashboard")).text
+    assert re.search(r'data-field="runs">\s*3\s*<', overview), "the overview counts every run"

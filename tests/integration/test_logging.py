@@ -220,3 +220,53 @@ async def test_real_server_writes_json_lines_with_request_ids(tmp_path):
     assert {line.get("event") for line in tagged} == {"admission", "request"}
     assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's own, as JSON
     assert ADMIN_TOKEN not in log.read_text()
+
+
+FORGED = "2026-01-01 00:00:00,000 INFO dpledger.security [None] forged"
+
+
+def test_text_format_escapes_every_user_controlled_value():
+    """A CR/LF in the message, a field, the request id or an exception stays on its line."""
+    stream = io.StringIO()
+    handler = make_handler(Settings(log_format="text"), stream)
+    logger = logging.getLogger("dpledger.test_escape")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("GET %s", f"/v1/x\r\n{FORGED}", extra=log_fields(path=f"/\n{FORGED}"))
+        token = request_id_var.set(f"id\n{FORGED}")
+        try:
+            raise ValueError(f"bad\n{FORGED}")
+        except ValueError:
+            logger.exception("failed\r%s", FORGED)
+        finally:
+            request_id_var.reset(token)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert not any(
+        line.startswith(FORGED[:4]) and "forged" in line.split("]", 1)[0] for line in lines
+    )
+    records = [line for line in lines if not line.startswith(" | ")]
+    assert len(records) == 2, lines
+    assert all(" dpledger.test_escape [" in line for line in records)
+    assert "\\r\\n" + FORGED in records[0]
+    assert not any(line.startswith("2026-01-01") for line in lines)
+
+
+async def test_real_server_text_log_cannot_be_forged_by_a_path(tmp_path):
+    """No token needed: an encoded CR/LF in the path must not start a new log line."""
+    log = tmp_path / "server.log"
+    server = Server(
+        f"sqlite:///{tmp_path / 'ledger.db'}", log, env={"DPLEDGER_LOG_FORMAT": "text"}
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            response = await http.get("/v1/nothing%0d%0a2026-01-01%2000:00:00,000%20INFO%20forged")
+            assert response.status_code in (404, 422)
+    finally:
+        server.stop()
+    lines = log.read_text().splitlines()
+    assert any("forged" in line for line in lines)
+    assert not any(line.startswith("2026-01-01") for line in lines), lines

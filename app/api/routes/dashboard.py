@@ -212,12 +212,16 @@ def list_datasets_page(
 
 @router.get("/dashboard/datasets/{name}")
 def get_dataset_page(
-    name: str, request: Request, session: SessionDep, principal: PagePrincipalDep
+    name: str,
+    request: Request,
+    session: SessionDep,
+    principal: PagePrincipalDep,
+    runs_after: Annotated[int, Query(ge=0, description="Runs page cursor.")] = 0,
 ) -> Response:
-    """One dataset: epsilon over time, runs, per-order headroom, non-adaptive epsilon."""
+    """One dataset: epsilon over time, a page of runs, per-order headroom, non-adaptive epsilon."""
     if principal is None:
         return _to_login(request)
-    detail = dashboard.get_dataset_detail(session, name, principal)
+    detail = dashboard.get_dataset_detail(session, name, principal, runs_after=runs_after)
     chart = dashboard.spend_chart(detail.history, detail.budget.target_epsilon)
     return _page(request, "dataset.html", {"principal": principal, "d": detail, "chart": chart})
 

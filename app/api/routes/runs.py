@@ -25,6 +25,7 @@ from app.schemas import (
     EpochCharge,
     EpochChargeRead,
     ErrorBody,
+    Role,
     RunCreate,
     RunRead,
     StatementRead,
@@ -42,20 +43,26 @@ IdempotencyKey = Annotated[
         pattern=r"^[A-Za-z0-9._:-]+$",
         description=(
             "A client-chosen key (e.g. a UUID): a repeated request with the same key and token"
-            " returns the run the first one created instead of registering a second run."
+            " returns the run the first one created instead of registering a second run; the"
+            " same key with a different body is 422 idempotency_key_reused."
         ),
     ),
 ]
 _CONFLICT: dict[int | str, dict[str, Any]] = {status.HTTP_409_CONFLICT: {"model": ErrorBody}}
+_CREATE: dict[int | str, dict[str, Any]] = {
+    **_CONFLICT,
+    status.HTTP_429_TOO_MANY_REQUESTS: {"model": ErrorBody, "description": "rate_limited"},
+}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_CONFLICT)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_CREATE)
 def create_run(
     body: RunCreate,
     session: SessionDep,
     principal: PrincipalDep,
     settings: SettingsDep,
     response: Response,
+    request: Request,
     dry_run: Annotated[bool, Query(description="Answer without writing anything.")] = False,
     idempotency_key: IdempotencyKey = None,
 ) -> RunRead | AdmissionPreview:
@@ -65,6 +72,8 @@ def create_run(
     Laplace, Gaussian and approximate-DP releases are admitted and charged at once. A refusal
     says how many epochs would fit and which noise multiplier would fit all of them.
     """
+    if principal.role is not Role.admin:  # an admin can mint tokens: a limit would not bind it
+        request.app.state.run_limiter.take(principal.token_id)
     result = admission.admit_run(
         session,
         body,

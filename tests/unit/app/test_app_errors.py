@@ -20,7 +20,7 @@ def test_every_error_has_status_and_code():
     for cls in classes:
         assert cls.__name__.endswith("Error")
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", cls.code), cls
-        assert cls.status_code in (401, 403, 404, 409, 413, 422, 500, 503), cls
+        assert cls.status_code in (401, 403, 404, 409, 413, 422, 429, 500, 503), cls
         body = cls("boom", extra=1).to_body()
         assert body == {"code": cls.code, "message": "boom", "extra": 1}
 
