@@ -10,7 +10,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from app.ledger.transitions import EntryKind as LedgerEntryKind
 from app.text import describe_unsafe, find_unsafe
@@ -352,6 +360,12 @@ AnyMechanism = (
 MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
 
 
+_REPRODUCIBLE_DESCRIPTION = (
+    "The run drew its noise and sampling from a public seed (--reproducible-noise), not from "
+    "secret OS entropy: its guarantee does not hold against anyone who knows the seed."
+)
+
+
 class RunCreate(Request):
     """A run: DP-SGD given by the top-level fields, or any mechanism given as ``mechanism``.
 
@@ -381,6 +395,7 @@ class RunCreate(Request):
             " passes the filter when charged (pay as you go; may be refused mid-run)."
         ),
     )
+    reproducible_noise: StrictBool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_form(self) -> RunCreate:
@@ -452,6 +467,7 @@ class RunRead(BaseModel):
         )
     )
     created_at: datetime
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 class AdmissionPreview(BaseModel):
@@ -555,6 +571,7 @@ class RunBudget(BaseModel):
     epsilon_run: float | None = Field(
         description="This run's own epsilon, from its charges alone (as RunRead.epsilon_run)."
     )
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 class KindSpend(BaseModel):
@@ -686,6 +703,7 @@ class StatementRead(BaseModel):
         description="The dataset's spent epsilon across all runs (as BudgetRead.epsilon_spent)."
     )
     text: str = Field(description="The statement as text (what `dpledger statement` prints).")
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 # --- stateless accountant -------------------------------------------------------------------

@@ -39,7 +39,10 @@ from dp_core.errors import InvalidParameterError
 __all__ = [
     "NOISE_STREAM",
     "REPRODUCIBLE_NOISE_WARNING",
+    "FEDERATED_STREAM",
+    "PATE_STREAM",
     "SAMPLING_STREAM",
+    "TUNING_STREAM",
     "discrete_gaussian_log_pmf",
     "discrete_gaussian_noise",
     "fresh_seed",
@@ -57,6 +60,9 @@ __all__ = [
 #: Stream numbers of :func:`stream_seed`: the noise and the sampling never share a generator.
 NOISE_STREAM = 1
 SAMPLING_STREAM = 2
+TUNING_STREAM = 3
+FEDERATED_STREAM = 4
+PATE_STREAM = 5
 
 REPRODUCIBLE_NOISE_WARNING = (
     "WARNING: --reproducible-noise: the noise and the sampling are drawn from --seed {seed}; the "

@@ -105,6 +105,7 @@ def get_budget(session: Session, name: str, principal: Principal) -> BudgetRead:
                 epochs=run.epochs,
                 epochs_charged=charged.get(run.id, 0),
                 epsilon_run=run_epsilon(run, dataset, charged.get(run.id, 0)),
+                reproducible_noise=bool(run.reproducible_noise),
             )
             for run in runs
         ]

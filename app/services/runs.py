@@ -148,6 +148,7 @@ def run_to_read(run: Run, dataset: Dataset, charged: int) -> RunRead:
         epochs_charged=charged,
         epsilon_run=run_epsilon(run, dataset, charged),
         created_at=run.created_at,
+        reproducible_noise=bool(run.reproducible_noise),
     )
 
 
@@ -198,4 +199,5 @@ def new_run(
         costs=None if costs is None else costs.to_json(),
         idempotency_key=idempotency_key,
         created_by=actor,
+        reproducible_noise=body.reproducible_noise,
     )

@@ -39,6 +39,7 @@ from dp_core.statement import (
     PrivacyStatement,
     build_privacy_statement,
     render_privacy_statement,
+    reproducible_noise_note,
 )
 
 #: The most FFT points one PLD composition may use (about 0.5 s of CPU on 2 cores); beyond it the grid is
@@ -98,6 +99,7 @@ def _statement(run: Run, dataset: Dataset, charged: int, records_per_user: int) 
         target_epsilon=dataset.target_epsilon,
         epsilon_spent=spent,
         text="",
+        reproducible_noise=bool(run.reproducible_noise),
     )
     read.text = _text(read, dp_sgd)
     return read
@@ -171,4 +173,6 @@ def _text(read: StatementRead, dp_sgd: PrivacyStatement | None) -> str:
     ]
     if dp_sgd is not None:
         lines += ["", render_privacy_statement(dp_sgd)]
+    if read.reproducible_noise:
+        lines += ["", reproducible_noise_note()]
     return "\n".join(lines)
