@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -25,6 +24,8 @@ from dp_core import DpCoreError, aggregate_votes, analyze_votes, pate_mechanism
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import validate_votes, votes_from_predictions
+from dp_core.randomness import warn_reproducible_noise
+from dp_core.validation import non_negative_int
 from dpledger.client import BudgetExceeded, LedgerClient, LedgerError, Pate
 
 
@@ -84,14 +85,14 @@ def run_pate(
     Returns:
         The noisy labels, and a JSON-ready report: ``epsilon_data_independent`` (a DP guarantee,
         what a ledger charges; ``mechanism`` is its record), ``epsilon_data_dependent`` (computed
-        from the votes, reporting only), their orders, the seed used (drawn when None) and the
-        share of noisy labels equal to the plurality vote.
+        from the votes, reporting only), their orders, the seed (None: the noise was secret;
+        an int: reproducible noise, no guarantee against anyone who knows it) and the share of
+        noisy labels equal to the plurality vote.
     """
     counts = validate_votes(votes)
     mechanism = pate_mechanism(
         aggregator, noise_multiplier=noise_multiplier, queries=counts.shape[0]
     )
-    seed = secrets.randbelow(2**32) if seed is None else seed
     report = analyze_votes(counts, mechanism, delta=delta, warn=False)
     labels = aggregate_votes(counts, mechanism, seed=seed)
     agreement = float(np.mean(labels == np.argmax(counts, axis=1))) if labels.size else None
@@ -101,6 +102,7 @@ def run_pate(
         "queries": int(counts.shape[0]),
         "classes": int(counts.shape[1]),
         "seed": seed,
+        "reproducible_noise": seed is not None,
         "delta": report.delta,
         "epsilon_data_independent": report.epsilon_data_independent,
         "order_data_independent": report.data_independent.order,
@@ -215,6 +217,12 @@ def _default_out(votes: Path | None, predictions: Path | None) -> Path:
     return source.with_name(source.stem + ".labels.npy")
 
 
+def _noise_source(r: dict[str, Any]) -> str:
+    if r["seed"] is None:
+        return "secret noise"
+    return f"reproducible noise from seed {r['seed']}: no guarantee against anyone who knows it"
+
+
 def _human(r: dict[str, Any]) -> str:
     noise = "sigma" if r["aggregator"] == "gnmax" else "b"
     agreement = r["agreement_with_plurality"]
@@ -222,7 +230,7 @@ def _human(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"noisy labels: {r['labels_path']} ({r['queries']} queries, {r['classes']} classes, "
-            f"{r['aggregator']} {noise} = {r['noise_multiplier']:g}, seed {r['seed']}{agree})",
+            f"{r['aggregator']} {noise} = {r['noise_multiplier']:g}, {_noise_source(r)}{agree})",
             f"epsilon_data_independent = {r['epsilon_data_independent']:.4f} at delta = "
             f"{r['delta']:g} (Renyi order {r['order_data_independent']:.2f}; the DP guarantee)",
             f"epsilon_data_dependent = {r['epsilon_data_dependent']:.4f} at delta = "
@@ -254,8 +262,20 @@ def pate(
         int | None, typer.Option("--num-classes", help="Classes of --predictions.")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of the noise (default: random).")
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the noise, with --reproducible-noise only [default: secret OS entropy].",
+        ),
     ] = None,
+    reproducible_noise: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible-noise",
+            help="Draw the noise from --seed (debugging, tests): the guarantee then does NOT "
+            "hold against anyone who knows the seed; a warning is printed.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write the labels (default: <input>.labels.npy)."),
@@ -280,6 +300,7 @@ def pate(
     """
     ledger: dict[str, Any] = {}
     try:
+        seed = _noise_seed(seed, reproducible_noise)
         counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
         if service is not None:
             pate_mechanism(aggregator, noise_multiplier=noise_multiplier, queries=1)  # validate
@@ -307,6 +328,22 @@ def pate(
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
     }
     typer.echo(json.dumps(finite) if as_json else _human(result))
+
+
+def _noise_seed(seed: int | None, reproducible: bool) -> int | None:
+    """The seed of the noise: None (secret) unless --reproducible-noise (then loudly)."""
+    if seed is not None and not reproducible:
+        raise InvalidParameterError(
+            "seed", seed, "seeds the noise: add --reproducible-noise (the guarantee then does not "
+            "hold against anyone who knows the seed), or drop --seed for secret noise",
+        )  # fmt: skip
+    if not reproducible:
+        return None
+    if seed is None:
+        raise InvalidParameterError("reproducible_noise", True, "needs --seed")
+    seed = non_negative_int("seed", seed)
+    warn_reproducible_noise(seed)
+    return seed
 
 
 def register(cli: typer.Typer) -> None:

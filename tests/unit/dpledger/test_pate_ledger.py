@@ -23,7 +23,7 @@ def _votes(tmp_path, queries=30):
 
 def _pate(tmp_path, token=ADMIN_TOKEN, dataset="d", *extra):
     args = ["pate", "--votes", str(_votes(tmp_path)), "--aggregator", "gnmax",
-            "--noise-multiplier", "20", "--delta", "1e-5", "--seed", "1", "--json",
+            "--noise-multiplier", "20", "--delta", "1e-5", "--seed", "1", "--reproducible-noise", "--json",
             "--service", "http://ledger", "--token", token, "--dataset", dataset, *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 
