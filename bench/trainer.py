@@ -25,7 +25,9 @@ from typing import Any
 VARIANTS = [
     "non_private",
     "dp_bookkeeping",
+    "dp_bookkeeping_plain_noise",  # the same step with one float normal per coordinate
     "dp_func",
+    "dp_func_plain_noise",
     "opacus_hooks",
     "opacus_functorch",
     "opacus_ew",
@@ -65,9 +67,12 @@ def _step_fn(variant: str, batch: int, threads: int) -> Any:
         from dp_core.trainer.loop import DPTrainer, LogicalBatch
 
         # A dataset of exactly one batch with q = 1 makes every logical batch the same 256 examples.
+        # Default noise is secure mode (4 float64 normals per coordinate); *_plain_noise is one.
+        engine = variant[3:].removesuffix("_plain_noise")
         trainer = DPTrainer(
             model, opt, TensorDataset(x, y), loss_fn=F.cross_entropy, max_grad_norm=1.0, epochs=1,
-            sample_rate=1.0, noise_multiplier=1.0, engine=variant[3:],
+            sample_rate=1.0, noise_multiplier=1.0, engine=engine,
+            secure_noise=not variant.endswith("_plain_noise"),
         )  # fmt: skip
         indices = torch.arange(batch)
 
