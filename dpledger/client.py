@@ -277,6 +277,7 @@ class RunBudget(_Result):
     epochs: int
     epochs_charged: int
     epsilon_run: float | None
+    reproducible_noise: bool = False
 
 
 class KindSpend(_Result):
@@ -369,6 +370,7 @@ class StatementRead(_Result):
     target_epsilon: float
     epsilon_spent: float | None
     text: str
+    reproducible_noise: bool = False
 
 
 class MaxStepsRead(_Result):
