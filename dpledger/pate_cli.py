@@ -149,6 +149,7 @@ def charge_pate_job(
     name: str,
     mechanism: Pate,
     batches: int,
+    reproducible_noise: bool = False,
 ) -> tuple[int, int, str]:
     """Register a PATE job with the ledger and charge its batches in turn, before answering them.
 
@@ -158,7 +159,9 @@ def charge_pate_job(
     job is then finished, so its unused reservation is released, when the ledger still answers).
     """
     try:
-        run = client.create_run(dataset=dataset, name=name, mechanism=mechanism)
+        run = client.create_run(
+            dataset=dataset, name=name, mechanism=mechanism, reproducible_noise=reproducible_noise
+        )
     except BudgetExceeded as refusal:
         raise LedgerRefusal(refusal_message(refusal, dataset=dataset)) from refusal
     charged, reason = 0, "completed"
@@ -187,6 +190,7 @@ def _charged_queries(
     aggregator: str,
     noise_multiplier: float,
     batch_size: int | None,
+    reproducible_noise: bool = False,
 ) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
     """Charge the ledger for ``counts`` batch by batch; return the rows that may be answered."""
     if not token or not dataset:
@@ -201,7 +205,7 @@ def _charged_queries(
     with LedgerClient(service, token=token) as client:
         run_id, charged, reason = charge_pate_job(
             client, dataset=dataset, name="pate", mechanism=mechanism,
-            batches=-(-queries // size),
+            batches=-(-queries // size), reproducible_noise=reproducible_noise,
         )  # fmt: skip
     answered = min(queries, charged * size)
     return counts[:answered], {"run_id": run_id, "batches_charged": charged,
@@ -307,6 +311,7 @@ def pate(
             counts, ledger = _charged_queries(
                 counts, service=service, token=token, dataset=dataset, aggregator=aggregator,
                 noise_multiplier=noise_multiplier, batch_size=batch_size,
+                reproducible_noise=seed is not None,
             )  # fmt: skip
         labels, result = run_pate(
             counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
