@@ -457,6 +457,7 @@ class RunRead(BaseModel):
         default=None,
         description="DP-SGD: K, the group size the run is charged for (1 = per record).",
     )
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
     reservation: Reservation
     status: RunStatus
     epochs_charged: int
@@ -467,7 +468,6 @@ class RunRead(BaseModel):
         )
     )
     created_at: datetime
-    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 class AdmissionPreview(BaseModel):
