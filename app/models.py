@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from app.ledger import quanta
 from app.ledger.quanta import Vec
@@ -150,6 +152,8 @@ class Run(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     created_by: Mapped[str] = mapped_column(String(128))
+    #: The run drew its noise and sampling from a public seed: no guarantee against its holders.
+    reproducible_noise: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LedgerEntry(Base):

@@ -10,7 +10,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from app.ledger.transitions import EntryKind as LedgerEntryKind
 from app.text import describe_unsafe, find_unsafe
@@ -359,6 +367,12 @@ AnyMechanism = (
 MechanismSpec = Annotated[AnyMechanism, Field(discriminator="kind")]
 
 
+_REPRODUCIBLE_DESCRIPTION = (
+    "The run drew its noise and sampling from a public seed (--reproducible-noise), not from "
+    "secret OS entropy: its guarantee does not hold against anyone who knows the seed."
+)
+
+
 class RunCreate(Request):
     """A run: DP-SGD given by the top-level fields, or any mechanism given as ``mechanism``.
 
@@ -388,6 +402,7 @@ class RunCreate(Request):
             " passes the filter when charged (pay as you go; may be refused mid-run)."
         ),
     )
+    reproducible_noise: StrictBool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_form(self) -> RunCreate:
@@ -449,6 +464,7 @@ class RunRead(BaseModel):
         default=None,
         description="DP-SGD: K, the group size the run is charged for (1 = per record).",
     )
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
     reservation: Reservation
     status: RunStatus
     epochs_charged: int
@@ -566,6 +582,7 @@ class RunBudget(BaseModel):
     epsilon_run: float | None = Field(
         description="This run's own epsilon, from its charges alone (as RunRead.epsilon_run)."
     )
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 class KindSpend(BaseModel):
@@ -721,6 +738,7 @@ class StatementRead(BaseModel):
         description="The dataset's spent epsilon across all runs (as BudgetRead.epsilon_spent)."
     )
     text: str = Field(description="The statement as text (what `dpledger statement` prints).")
+    reproducible_noise: bool = Field(default=False, description=_REPRODUCIBLE_DESCRIPTION)
 
 
 # --- stateless accountant -------------------------------------------------------------------

@@ -124,7 +124,7 @@ def dp_sgd(
     )
     sampling = {"sample_rate": Q} if rates is None else {"class_sample_rates": rates}
     trainer = DPTrainer(model, torch.optim.SGD(model.parameters(), lr=LR), train, loss_fn=loss,
-                        max_grad_norm=1.0, epochs=epochs, delta=DELTA, seed=seed,
+                        max_grad_norm=1.0, epochs=epochs, delta=DELTA,
                         schedule=NoiseSchedule(kind="constant", noise_multiplier=sigma),
                         **sampling)  # fmt: skip
     result = trainer.fit()

@@ -33,11 +33,13 @@ from dp_core.validation import non_negative_int, open_probability, positive_floa
 
 __all__ = [
     "OPACUS_ORDERS",
+    "REPRODUCIBLE_NOISE_NOTE",
     "PrivacyStatement",
     "build_privacy_statement",
     "gaussian_delta",
     "gaussian_epsilon",
     "render_privacy_statement",
+    "reproducible_noise_note",
     "user_discretization",
     "steps_per_epoch",
 ]
@@ -46,6 +48,18 @@ __all__ = [
 OPACUS_ORDERS: FloatArray = np.array(
     [1.0 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)]
 )
+
+#: What a statement adds for a run registered with reproducible noise (``--reproducible-noise``).
+REPRODUCIBLE_NOISE_NOTE = (
+    "Reproducible noise: this run drew its noise and sampling from a public seed{seed}, not from "
+    "secret OS entropy. The guarantee above does not hold against anyone who knows the seed."
+)
+
+
+def reproducible_noise_note(seed: int | None = None) -> str:
+    """Return :data:`REPRODUCIBLE_NOISE_NOTE`, naming the seed when it is known."""
+    return REPRODUCIBLE_NOISE_NOTE.format(seed="" if seed is None else f" ({seed})")
+
 
 SHUFFLING_NOTE = (
     "Poisson sampling is not usually done in training pipelines, but assuming that the data was "

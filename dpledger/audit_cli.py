@@ -74,7 +74,21 @@ def audit(
     max_grad_norm: Annotated[float, typer.Option(help="Per-example clip norm C.")] = 1.0,
     delta: Annotated[float, typer.Option(help="delta of both epsilons.")] = 1e-5,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
-    seed: Annotated[int, typer.Option(help="Seed of canaries, split, init, sampling, noise.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of canaries, split, init (noise and sampling: secret unless "
+            "--reproducible-noise)."
+        ),
+    ] = 0,
+    reproducible_noise: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible-noise",
+            help="Derive the training noise and sampling from --seed (no guarantee against "
+            "anyone who knows it; recorded as such by the ledger).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     service: Annotated[
         str | None,
@@ -100,7 +114,8 @@ def audit(
         data=data, model=model, canaries=canaries, epochs=epochs, batch_size=batch_size,
         lr=lr, optimizer=optimizer, noise_multiplier=noise_multiplier,
         target_epsilon=target_epsilon, max_grad_norm=max_grad_norm, delta=delta,
-        confidence=confidence, seed=seed, private=not non_private, canary_kind=canary_kind,
+        confidence=confidence, seed=seed, reproducible_noise=reproducible_noise,
+        private=not non_private, canary_kind=canary_kind,
     )  # fmt: skip
     url = service_url(ctx, service, names_ledger_object=dataset is not None)
     if url is None:

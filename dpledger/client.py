@@ -172,6 +172,7 @@ class RunRead(_Result):
     created_at: datetime
     epsilon_run: float | None = None
     max_records_per_individual: int | None = None
+    reproducible_noise: bool = False
 
 
 class AuditRead(_Result):
@@ -282,6 +283,7 @@ class RunBudget(_Result):
     epochs: int
     epochs_charged: int
     epsilon_run: float | None
+    reproducible_noise: bool = False
 
 
 class KindSpend(_Result):
@@ -380,6 +382,7 @@ class StatementRead(_Result):
     target_epsilon: float
     epsilon_spent: float | None
     text: str
+    reproducible_noise: bool = False
 
 
 class MaxStepsRead(_Result):
@@ -1096,11 +1099,17 @@ class LedgerClient:
 
     @staticmethod
     def run_body(
-        *, dataset: str, name: str, mechanism: Mechanism, reservation: str = "plan"
+        *,
+        dataset: str,
+        name: str,
+        mechanism: Mechanism,
+        reservation: str = "plan",
+        reproducible_noise: bool = False,
     ) -> dict[str, Any]:
-        """Return the ``POST /v1/runs`` body of a run."""
-        return {"dataset": dataset, "name": name, "mechanism": mechanism.to_json(),
+        """Return the ``POST /v1/runs`` body of a run (``reproducible_noise`` sent when true)."""
+        body = {"dataset": dataset, "name": name, "mechanism": mechanism.to_json(),
                 "reservation": reservation}  # fmt: skip
+        return {**body, "reproducible_noise": True} if reproducible_noise else body
 
     def create_run(
         self,
@@ -1110,17 +1119,20 @@ class LedgerClient:
         mechanism: Mechanism,
         reservation: str = "plan",
         idempotency_key: str | None = None,
+        reproducible_noise: bool = False,
     ) -> RunRead:
         """``POST /v1/runs``: admit a run (raises :class:`BudgetExceeded` when it does not fit).
 
         The call carries an ``Idempotency-Key`` (``idempotency_key``, or a new uuid4) and is
         retried with the same key, so a retry after a lost answer returns the run first
-        registered instead of registering a second one.
+        registered instead of registering a second one. ``reproducible_noise``: the run's noise
+        and sampling come from a public seed (the ledger records it and its statement says so).
         """
         key = idempotency_key or str(uuid.uuid4())
         body = self.run_body(
-            dataset=dataset, name=name, mechanism=mechanism, reservation=reservation
-        )
+            dataset=dataset, name=name, mechanism=mechanism, reservation=reservation,
+            reproducible_noise=reproducible_noise,
+        )  # fmt: skip
         headers = {IDEMPOTENCY_HEADER: key}
         return self._call(RunRead, "POST", "/v1/runs", json=body, headers=headers, idempotent=True)
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dp_core.randomness import warn_reproducible_noise
 from dpledger.errors import BudgetRefusal, CommandError, ExitCode, RuntimeFailure, ledger_at
 from dpledger.options import SERVICE_ENV, TOKEN_ENV, service_url
 
@@ -105,7 +106,23 @@ def fl(
     delta: Annotated[float, typer.Option("--delta", help="Delta of the reported epsilon.")] = 1e-5,
     local_epochs: Annotated[int, typer.Option("--local-epochs")] = 5,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            help="Seed of the data split into users. Server noise and user sampling are secret "
+            "(OS entropy) unless --reproducible-noise.",
+        ),
+    ] = 0,
+    reproducible_noise: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible-noise",
+            help="Derive the server's noise and the user sampling from --seed (debugging, tests): "
+            "the guarantee then does NOT hold against anyone who knows the seed; a warning is "
+            "printed and the ledger records the run as such.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Where to save the model (.npz).")
     ] = None,
@@ -172,9 +189,12 @@ def _run(**o: Any) -> dict[str, Any]:
             sample_rate=o["sample_rate"], noise_multiplier=o["noise_multiplier"], clip=o["clip"],
             secure_aggregation=o["secure_aggregation"], local_epochs=o["local_epochs"],
             learning_rate=o["learning_rate"], seed=o["seed"],
+            reproducible_noise=o["reproducible_noise"],
         )  # fmt: skip
     except ValueError as error:
         raise CommandError(f"error: {error}", exit_code=ExitCode.USAGE) from None
+    if config.reproducible_noise:
+        warn_reproducible_noise(config.seed)
     bar = _Bar(o["rounds"], enabled=not o["as_json"])
     try:
         with ledger_at(o["service"] or "(none)"):
@@ -210,7 +230,7 @@ def _gate_factory(o: dict[str, Any]) -> Any:
         client = LedgerClient(o["service"], token=o["token"])
         return LedgerRoundGate(
             client, dataset=o["dataset"], name="dpledger fl", mechanism=ledger_mechanism(record),
-            reservation=o["reservation"],
+            reservation=o["reservation"], reproducible_noise=o["reproducible_noise"],
         )  # fmt: skip
 
     return make

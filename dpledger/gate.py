@@ -138,7 +138,7 @@ class HttpBudgetGate:
         try:
             run = self._ledger().create_run(
                 dataset=self.dataset, name=plan.name, mechanism=mechanism,
-                reservation=self.reservation,
+                reservation=self.reservation, reproducible_noise=plan.reproducible_noise,
             )  # fmt: skip
         except BudgetExceeded as refusal:
             return GateDecision(False, refusal_reason(refusal))
@@ -230,7 +230,10 @@ class HttpTuningLedger:
             gamma=tune.gamma, mu=tune.mu,
         )  # fmt: skip
         try:
-            run = self.client.create_run(dataset=self.dataset, name=plan.name, mechanism=mechanism)
+            run = self.client.create_run(
+                dataset=self.dataset, name=plan.name, mechanism=mechanism,
+                reproducible_noise=plan.reproducible_noise,
+            )  # fmt: skip
             self.run_id = run.id
             charge = self.client.charge_epoch(run.id, 0)
         except BudgetExceeded as refusal:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -25,6 +24,8 @@ from dp_core import aggregate_votes, analyze_votes, pate_mechanism
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import mechanism_to_dict
 from dp_core.pate import validate_votes, votes_from_predictions
+from dp_core.randomness import warn_reproducible_noise
+from dp_core.validation import non_negative_int
 from dpledger.accounting_cli import DEFAULT_DELTA
 from dpledger.client import BudgetExceeded, LedgerClient, LedgerError, Pate
 from dpledger.errors import BudgetRefusal, ledger_at
@@ -87,14 +88,14 @@ def run_pate(
     Returns:
         The noisy labels, and a JSON-ready report: ``epsilon_data_independent`` (a DP guarantee,
         what a ledger charges; ``mechanism`` is its record), ``epsilon_data_dependent`` (computed
-        from the votes, reporting only), their orders, the seed used (drawn when None) and the
-        share of noisy labels equal to the plurality vote.
+        from the votes, reporting only), their orders, the seed (None: the noise was secret;
+        an int: reproducible noise, no guarantee against anyone who knows it) and the share of
+        noisy labels equal to the plurality vote.
     """
     counts = validate_votes(votes)
     mechanism = pate_mechanism(
         aggregator, noise_multiplier=noise_multiplier, queries=counts.shape[0]
     )
-    seed = secrets.randbelow(2**32) if seed is None else seed
     report = analyze_votes(counts, mechanism, delta=delta, warn=False)
     labels = aggregate_votes(counts, mechanism, seed=seed)
     agreement = float(np.mean(labels == np.argmax(counts, axis=1))) if labels.size else None
@@ -104,6 +105,7 @@ def run_pate(
         "queries": int(counts.shape[0]),
         "classes": int(counts.shape[1]),
         "seed": seed,
+        "reproducible_noise": seed is not None,
         "delta": report.delta,
         "epsilon_data_independent": report.epsilon_data_independent,
         "order_data_independent": report.data_independent.order,
@@ -147,6 +149,7 @@ def charge_pate_job(
     name: str,
     mechanism: Pate,
     batches: int,
+    reproducible_noise: bool = False,
 ) -> tuple[int, int, str]:
     """Register a PATE job with the ledger and charge its batches in turn, before answering them.
 
@@ -156,7 +159,9 @@ def charge_pate_job(
     job is then finished, so its unused reservation is released, when the ledger still answers).
     """
     try:
-        run = client.create_run(dataset=dataset, name=name, mechanism=mechanism)
+        run = client.create_run(
+            dataset=dataset, name=name, mechanism=mechanism, reproducible_noise=reproducible_noise
+        )
     except BudgetExceeded as refusal:
         raise LedgerRefusal(refusal_message(refusal, dataset=dataset)) from refusal
     charged, reason = 0, "completed"
@@ -185,6 +190,7 @@ def _charged_queries(
     aggregator: str,
     noise_multiplier: float,
     batch_size: int | None,
+    reproducible_noise: bool = False,
 ) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
     """Charge the ledger for ``counts`` batch by batch; return the rows that may be answered."""
     if not token or not dataset:
@@ -199,7 +205,7 @@ def _charged_queries(
     with LedgerClient(service, token=token) as client:
         run_id, charged, reason = charge_pate_job(
             client, dataset=dataset, name="pate", mechanism=mechanism,
-            batches=-(-queries // size),
+            batches=-(-queries // size), reproducible_noise=reproducible_noise,
         )  # fmt: skip
     answered = min(queries, charged * size)
     return counts[:answered], {"run_id": run_id, "batches_charged": charged,
@@ -211,6 +217,12 @@ def _default_out(votes: Path | None, predictions: Path | None) -> Path:
     return source.with_name(source.stem + ".labels.npy")
 
 
+def _noise_source(r: dict[str, Any]) -> str:
+    if r["seed"] is None:
+        return "secret noise"
+    return f"reproducible noise from seed {r['seed']}: no guarantee against anyone who knows it"
+
+
 def _human(r: dict[str, Any]) -> str:
     noise = "sigma" if r["aggregator"] == "gnmax" else "b"
     agreement = r["agreement_with_plurality"]
@@ -218,7 +230,7 @@ def _human(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"noisy labels: {r['labels_path']} ({r['queries']} queries, {r['classes']} classes, "
-            f"{r['aggregator']} {noise} = {r['noise_multiplier']:g}, seed {r['seed']}{agree})",
+            f"{r['aggregator']} {noise} = {r['noise_multiplier']:g}, {_noise_source(r)}{agree})",
             f"epsilon_data_independent = {r['epsilon_data_independent']:.4f} at delta = "
             f"{r['delta']:g} (Renyi order {r['order_data_independent']:.2f}; the DP guarantee)",
             f"epsilon_data_dependent = {r['epsilon_data_dependent']:.4f} at delta = "
@@ -253,8 +265,20 @@ def pate(
         int | None, typer.Option("--num-classes", help="Classes of --predictions.")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of the noise (default: random).")
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the noise, with --reproducible-noise only [default: secret OS entropy].",
+        ),
     ] = None,
+    reproducible_noise: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible-noise",
+            help="Draw the noise from --seed (debugging, tests): the guarantee then does NOT "
+            "hold against anyone who knows the seed; a warning is printed.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Where to write the labels (default: <input>.labels.npy)."),
@@ -282,6 +306,7 @@ def pate(
     each batch of queries is charged before it is answered; a refusal stops the answering there.
     """
     ledger: dict[str, Any] = {}
+    seed = _noise_seed(seed, reproducible_noise)
     counts = load_votes(votes=votes, predictions=predictions, num_classes=num_classes)
     url = service_url(ctx, service, names_ledger_object=dataset is not None)
     if url is not None:
@@ -290,6 +315,7 @@ def pate(
             counts, ledger = _charged_queries(
                 counts, service=url, token=token, dataset=dataset, aggregator=aggregator,
                 noise_multiplier=noise_multiplier, batch_size=batch_size,
+                reproducible_noise=seed is not None,
             )  # fmt: skip
     labels, result = run_pate(
         counts, aggregator=aggregator, noise_multiplier=noise_multiplier, delta=delta, seed=seed
@@ -302,6 +328,22 @@ def pate(
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
     }
     typer.echo(json.dumps(finite) if as_json else _human(result))
+
+
+def _noise_seed(seed: int | None, reproducible: bool) -> int | None:
+    """The seed of the noise: None (secret) unless --reproducible-noise (then loudly)."""
+    if seed is not None and not reproducible:
+        raise InvalidParameterError(
+            "seed", seed, "seeds the noise: add --reproducible-noise (the guarantee then does not "
+            "hold against anyone who knows the seed), or drop --seed for secret noise",
+        )  # fmt: skip
+    if not reproducible:
+        return None
+    if seed is None:
+        raise InvalidParameterError("reproducible_noise", True, "needs --seed")
+    seed = non_negative_int("seed", seed)
+    warn_reproducible_noise(seed)
+    return seed
 
 
 def register(cli: typer.Typer) -> None:

@@ -36,9 +36,14 @@ def run(
     noise_multiplier: float = 12.0,
     delta: float = 1e-5,
     seed: int = 0,
+    reproducible_noise: bool = False,
     save_votes: str | None = None,
 ) -> dict[str, Any]:
-    """Train the teachers and the student; return the measured accuracies and epsilons."""
+    """Train the teachers and the student; return the measured accuracies and epsilons.
+
+    ``seed`` splits the data (public); the aggregator's noise is secret unless
+    ``reproducible_noise`` (then drawn from ``seed``: no guarantee against anyone who knows it).
+    """
     start = time.perf_counter()
     x, y = load_digits(return_X_y=True)
     x = x / 16.0
@@ -54,7 +59,7 @@ def run(
     mechanism = dp_core.pate_mechanism(
         aggregator, noise_multiplier=noise_multiplier, queries=queries
     )
-    labels = dp_core.aggregate_votes(votes, mechanism, seed=seed)
+    labels = dp_core.aggregate_votes(votes, mechanism, seed=seed if reproducible_noise else None)
     report = dp_core.analyze_votes(votes, mechanism, delta=delta, warn=False)
     student = _fit(x[public], labels)
     baseline = _fit(x[public], y[public])  # same public images, true labels: not private
@@ -64,6 +69,7 @@ def run(
         "aggregator": aggregator,
         "noise_multiplier": noise_multiplier,
         "delta": delta,
+        "reproducible_noise": reproducible_noise,
         "teacher_accuracy_mean": float(np.mean([m.score(x[test], y[test]) for m in models])),
         "plurality_label_accuracy": float(np.mean(np.argmax(votes, axis=1) == y[public])),
         "noisy_label_accuracy": float(np.mean(labels == y[public])),
@@ -83,7 +89,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--aggregator", choices=dp_core.pate.AGGREGATORS, default="gnmax")
     parser.add_argument("--noise-multiplier", type=float, default=12.0)
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data split (public)")
+    parser.add_argument(
+        "--reproducible-noise", action="store_true",
+        help="draw the noise from --seed too: no guarantee against anyone who knows it",
+    )  # fmt: skip
     parser.add_argument("--save-votes", help="also write the (queries x 10) votes to this .npy")
     args = parser.parse_args(argv)
     result = run(
@@ -93,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         noise_multiplier=args.noise_multiplier,
         delta=args.delta,
         seed=args.seed,
+        reproducible_noise=args.reproducible_noise,
         save_votes=args.save_votes,
     )
     for key, value in result.items():

@@ -70,18 +70,17 @@ class ServerSpy:
             return aggregate(self, server_round, results, failures)
 
         def _apply(self, total):
-            before, rng, draws = [c.copy() for c in self.current], self.rng, []
+            before, noise, draws = [c.copy() for c in self.current], self._noise, []
 
-            class Recording:
-                def normal(self, *args, **kwargs):
-                    draws.append(rng.normal(*args, **kwargs))
-                    return draws[-1]
+            def recording(total):
+                draws.extend(noise(total))
+                return draws
 
-            self.rng = Recording()
+            self._noise = recording
             try:
                 apply(self, total)
             finally:
-                self.rng = rng
+                del self._noise
             spy.released.append((before, [t.copy() for t in total], draws, self.current))
 
         monkeypatch.setattr(DpFedAvgStrategy, "aggregate_fit", aggregate_fit)

@@ -104,6 +104,7 @@ def get_budget(
                 epochs=run.epochs,
                 epochs_charged=charged.get(run.id, 0),
                 epsilon_run=run_epsilon(run, dataset, charged.get(run.id, 0)),
+                reproducible_noise=bool(run.reproducible_noise),
             )
             for run in page
         ]

@@ -150,6 +150,7 @@ def run_to_read(run: Run, dataset: Dataset, charged: int) -> RunRead:
         epochs_charged=charged,
         epsilon_run=run_epsilon(run, dataset, charged),
         created_at=run.created_at,
+        reproducible_noise=bool(run.reproducible_noise),
     )
 
 
@@ -211,6 +212,7 @@ def new_run(
         idempotency_key=idempotency_key,
         request_hash=None if idempotency_key is None else request_hash(body),
         created_by=actor,
+        reproducible_noise=body.reproducible_noise,
     )
 
 

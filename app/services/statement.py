@@ -42,6 +42,7 @@ from dp_core.statement import (
     build_privacy_statement,
     render_privacy_statement,
     steps_per_epoch,
+    reproducible_noise_note,
 )
 
 #: The most FFT points one PLD composition may use (about 0.5 s of CPU on 2 cores); beyond it the grid is
@@ -120,6 +121,7 @@ def _statement(
         target_epsilon=dataset.target_epsilon,
         epsilon_spent=spent,
         text="",
+        reproducible_noise=bool(run.reproducible_noise),
     )
     read.text = _text(read, dp_sgd)
     return read
@@ -222,4 +224,6 @@ def _text(read: StatementRead, dp_sgd: PrivacyStatement | None) -> str:
         lines += ["", render_privacy_statement(dp_sgd)]
     elif read.dp_sgd_note is not None:
         lines += ["", f"Note: {read.dp_sgd_note}"]
+    if read.reproducible_noise:
+        lines += ["", reproducible_noise_note()]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from dp_core.errors import InvalidParameterError
+from dp_core.trainer.noise import standard_normal
 from dp_core.validation import finite_float, positive_float
 
 __all__ = ["AdaptiveClipping", "gradient_noise_multiplier", "update_clip_norm"]
@@ -92,6 +93,7 @@ def update_clip_norm(
     expected_units: float,
     settings: AdaptiveClipping,
     generator: torch.Generator,
+    secure: bool = True,
 ) -> tuple[float, float]:
     """Return (next clip norm, the noisy unclipped fraction b_bar) after one step.
 
@@ -101,11 +103,10 @@ def update_clip_norm(
         units: How many units the step clipped.
         expected_units: m, the expected number of units (qN, or the number of microbatches).
         settings: The adaptive clipping settings.
-        generator: RNG for the count noise.
+        generator: RNG for the count noise (secret: see :mod:`dp_core.randomness`).
+        secure: Draw it in secure mode (:func:`dp_core.trainer.noise.standard_normal`).
     """
-    noise = (
-        float(torch.randn((), generator=generator, dtype=torch.float64)) * settings.count_noise_std
-    )
+    noise = float(standard_normal((), generator, secure=secure)) * settings.count_noise_std
     fraction = (unclipped - 0.5 * units + noise) / expected_units + 0.5
     error = fraction - settings.target_quantile
     if settings.policy == "geometric":

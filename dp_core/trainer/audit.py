@@ -89,6 +89,7 @@ class AuditConfig:
     delta: float = 1e-5
     confidence: float = 0.95
     seed: int = 0
+    reproducible_noise: bool = False
     private: bool = True
     canary_kind: str = "gradient"
 
@@ -267,7 +268,7 @@ def _train_private(
         sample_rate=q,
         schedule=NoiseSchedule(kind="constant", noise_multiplier=sigma),
         delta=config.delta,
-        seed=config.seed,
+        noise_seed=config.seed if config.reproducible_noise else None,
         name="dpledger-audit",
         gate=gate,
     )

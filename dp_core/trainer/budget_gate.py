@@ -55,6 +55,9 @@ class RunPlan:
         class_sample_rates: Per-class Poisson rates q_c (by class), when the loop samples each
             class at its own rate (:mod:`dp_core.trainer.class_sampling`); ``sample_rate`` is
             then their maximum, the rate the run is accounted and charged at.
+        reproducible_noise: The noise and sampling are derived from a public seed
+            (``--reproducible-noise``): a ledger records the run as such, and the guarantee does
+            not hold against anyone who knows the seed.
     """
 
     sample_rate: float
@@ -67,6 +70,7 @@ class RunPlan:
     group_size: int = 1
     privacy_unit: str = "example"
     class_sample_rates: tuple[float, ...] | None = None
+    reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         probability("sample_rate", self.sample_rate)
@@ -112,6 +116,7 @@ class RunPlan:
         rates = self.class_sample_rates
         return {
             **({} if rates is None else {"class_sample_rates": list(rates)}),
+            **({"reproducible_noise": True} if self.reproducible_noise else {}),
             "sample_rate": self.sample_rate,
             "steps_per_epoch": self.steps_per_epoch,
             "epochs": self.epochs,

@@ -192,7 +192,22 @@ def train(
         float | None, typer.Option(help="Adaptive clipping quantile.")
     ] = None,
     engine: Annotated[str, typer.Option(help="auto, bookkeeping or func.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of data split, init, sampling, noise.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of what may be public: the data split and the model's initialization. "
+            "Noise and sampling come from secret OS entropy unless --reproducible-noise."
+        ),
+    ] = 0,
+    reproducible_noise: Annotated[
+        bool,
+        typer.Option(
+            "--reproducible-noise",
+            help="Derive the noise and sampling from --seed too (debugging, tests). The privacy "
+            "guarantee then does NOT hold against anyone who knows the seed; a warning is "
+            "printed and the ledger and the statement record the run as such.",
+        ),
+    ] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     max_records_per_individual: Annotated[
         int | None,
@@ -307,7 +322,8 @@ def train(
         schedule=schedule, decay_rate=decay_rate, delta=delta, checkpoint_dir=checkpoint_dir,
         service=service, token=token, dataset=dataset, reserve=reserve,
         budget_epsilon=budget_epsilon, max_physical_batch_size=max_physical_batch_size, microbatches=microbatches,
-        adaptive_quantile=adaptive_quantile, engine=engine, seed=seed, threads=threads,
+        adaptive_quantile=adaptive_quantile, engine=engine, seed=seed,
+        reproducible_noise=reproducible_noise, threads=threads,
         distributed=distributed, run_name=run_name,
         max_records_per_individual=max_records_per_individual, class_weights=class_weights,
         user_index=user_index, class_sample_rates=class_sample_rates,

@@ -10,8 +10,9 @@ ranks, the trainer keeps exactly that mechanism:
   a rank may instead be given only its own shard. N is the *global* size (the sum of the shard
   sizes), so q, qN and the steps per epoch ceil(1/q) are the same on every rank.
 * **Sampling.** Each rank Poisson-samples its own shard at rate q from its own generator (seeded
-  ``seed + 2 * rank``), so inclusions are independent across ranks and the union of the ranks'
-  batches is a Poisson sample of the whole dataset at rate q.
+  from the rank's own fresh OS entropy, or with a reproducible ``noise_seed`` derived from it and
+  the rank, see :mod:`dp_core.randomness`), so inclusions are independent across ranks and the
+  union of the ranks' batches is a Poisson sample of the whole dataset at rate q.
 * **One noise draw.** Each rank clips and sums its own examples' gradients; the sums (and the
   counts of adaptive clipping) are *reduced* onto rank 0. Rank 0 alone adds the Gaussian noise
   (and the count noise), divides by qN, updates the clip norm, and *broadcasts* the released
@@ -20,8 +21,9 @@ ranks, the trainer keeps exactly that mechanism:
   keeping an identical generator and producing bit-identical all-reduce results. With
   reduce-then-broadcast the noise exists in one place by construction, every rank steps its
   optimizer on the very same bits (the models stay bit-identical), rank 0's noise generator is
-  seeded ``seed + 1`` as in a single process (so a W-rank run adds exactly the noise a
-  one-process run with the same seed adds), and the traffic is that of one all-reduce.
+  seeded as in a single process (secret; with a reproducible ``noise_seed`` a W-rank run adds
+  exactly the noise a one-process run with that seed adds), and the traffic is that of one
+  all-reduce.
 * **One ledger client.** Only rank 0 asks the budget gate; its decision is broadcast so every rank
   stops at the same epoch. Only rank 0 writes checkpoints; on resume rank 0 reads the checkpoint
   and broadcasts it, so the checkpoint directory need not be shared.
@@ -48,7 +50,6 @@ __all__ = [
     "Release",
     "StepSums",
     "detect_context",
-    "sampling_seed",
     "shard_indices",
 ]
 
@@ -95,11 +96,6 @@ Release = Callable[[StepSums], tuple[list[Tensor], float]]
 def shard_indices(num_examples: int, *, rank: int, world_size: int) -> Tensor:
     """Return the dataset indices rank ``rank`` owns: ``rank, rank + W, ...`` (a partition)."""
     return torch.arange(rank, num_examples, world_size)
-
-
-def sampling_seed(base_seed: int, rank: int) -> int:
-    """Return rank ``rank``'s sampling seed: ``base_seed + 2 rank`` (the noise seed is odd)."""
-    return base_seed + 2 * rank
 
 
 def _flatten(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
@@ -169,12 +165,6 @@ class DistributedContext:
         if not ok:
             raise TrainerError(f"{what} failed on rank 0: {value}")
         return value  # type: ignore[no-any-return]
-
-    def gather_tensors(self, tensor: Tensor) -> list[Tensor]:
-        """Return every rank's ``tensor`` (same shape and dtype on all ranks), in rank order."""
-        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(out, tensor)
-        return out
 
     def sync_parameters(self, tensors: list[Tensor]) -> None:
         """Overwrite ``tensors`` (parameters, buffers) with rank 0's values, as DDP does."""

@@ -22,7 +22,6 @@ Two shapes of use, as Opacus users know them::
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from dp_core.errors import InvalidParameterError
+from dp_core.randomness import NOISE_STREAM, SAMPLING_STREAM, stream_seed
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import (
     AdaptiveClipping,
@@ -58,7 +58,6 @@ from dp_core.trainer.distributed import (
     DistributedContext,
     StepSums,
     detect_context,
-    sampling_seed,
     shard_indices,
 )
 from dp_core.trainer.guards import (
@@ -233,7 +232,8 @@ class DPTrainer:
         num_microbatches: int | None = None,
         adaptive_clipping: AdaptiveClipping | None = None,
         engine: str = "auto",
-        seed: int | None = None,
+        noise_seed: int | None = None,
+        secure_noise: bool = True,
         checkpoint_dir: str | Path | None = None,
         name: str = "dp-sgd",
         distributed: bool | None = None,
@@ -263,7 +263,13 @@ class DPTrainer:
             adaptive_clipping: Andrew et al. 2021's adaptive clip norm.
             engine: ``auto`` (book-keeping when the model allows, else torch.func),
                 ``bookkeeping`` or ``func``.
-            seed: Seed of the sampling and noise generators (``None``: nondeterministic).
+            noise_seed: ``None`` (the default): the noise and the sampling are drawn from
+                fresh OS entropy, never stored, and reseeded from fresh entropy on resume. An
+                int makes them reproducible (derived from it, the rank and the step, see
+                :mod:`dp_core.randomness`): for tests and debugging only, since the guarantee
+                then does not hold against anyone who knows it (``reproducible_noise``).
+            secure_noise: Draw each noise coordinate as Opacus' secure mode does (4 summed
+                float64 normals, :mod:`dp_core.trainer.noise`); ``False`` only for benchmarks.
             checkpoint_dir: Where to save a checkpoint after each epoch and on a stop (used on
                 rank 0 only when distributed).
             name: Run name given to the ledger.
@@ -331,6 +337,7 @@ class DPTrainer:
             group_size=self.group_size,
             privacy_unit="example" if self.users is None else "user",
             class_sample_rates=None if self.class_sampling is None else self.class_sampling.rates,
+            reproducible_noise=noise_seed is not None,
         )
         self.gate: BudgetGate = gate if gate is not None else _NoBudgetGate()
         self.max_physical_batch_size = max_physical_batch_size
@@ -353,18 +360,39 @@ class DPTrainer:
             if self.engine_name == "bookkeeping"
             else FuncEngine(model, loss_fn)
         )
-        base_seed = seed if seed is not None else secrets.randbits(62)
-        rank = 0 if self.dist is None else self.dist.rank
-        self.sampling_rng = torch.Generator().manual_seed(sampling_seed(base_seed, rank))
-        self.noise_rng = torch.Generator().manual_seed(base_seed + 1)  # used on rank 0 only
+        self.noise_seed = None if noise_seed is None else non_negative_int("noise_seed", noise_seed)
+        self.secure_noise = bool(secure_noise)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.epoch = 0
         self.global_step = 0
+        self.reseed()
         self.clip = self.plan.max_grad_norm
         self.stop_reason: str | None = None
         self.history: list[EpochStats] = []
         if self.dist is not None:
             self._join(self.dist)
+
+    @property
+    def reproducible_noise(self) -> bool:
+        """Whether noise and sampling come from ``noise_seed`` (no guarantee against its holders)."""
+        return self.noise_seed is not None
+
+    def reseed(self) -> None:
+        """Seed the sampling and noise generators for the run from :attr:`global_step` on.
+
+        Called when the trainer is built, at the start of every epoch and on resume. Each seed is
+        fresh OS entropy (never stored), or with ``noise_seed`` derived from (seed, stream, rank,
+        step), so that a reproducible run resumed at an epoch boundary continues exactly. Each
+        rank samples its own shard with its own generator; the noise generator is used on rank
+        0 only.
+        """
+        rank = 0 if self.dist is None else self.dist.rank
+        sampling = stream_seed(
+            self.noise_seed, stream=SAMPLING_STREAM, words=(rank, self.global_step)
+        )
+        noise = stream_seed(self.noise_seed, stream=NOISE_STREAM, words=(self.global_step,))
+        self.sampling_rng = torch.Generator().manual_seed(sampling)
+        self.noise_rng = torch.Generator().manual_seed(noise)
 
     @staticmethod
     def _user_index(dataset: Dataset[Any], user_index: Tensor) -> UserIndex:
@@ -553,7 +581,9 @@ class DPTrainer:
             (the noisy gradients divided by the expected units m, the next clip norm).
         """
         std = self._gradient_noise_multiplier(sigma) * clip
-        noisy = add_noise([g.detach() for g in sums.grads], std, self.noise_rng)
+        noisy = add_noise(
+            [g.detach() for g in sums.grads], std, self.noise_rng, secure=self.secure_noise
+        )
         grads = [g / self.expected_units for g in noisy]
         if self.adaptive is None:
             return grads, clip
@@ -564,6 +594,7 @@ class DPTrainer:
             expected_units=self.expected_units,
             settings=self.adaptive,
             generator=self.noise_rng,
+            secure=self.secure_noise,
         )
         return grads, next_clip
 
@@ -638,6 +669,7 @@ class DPTrainer:
                 self._stop(f"refused: {decision.reason}")
                 return
             self.save()  # records the charge: a crash during this epoch will not pay for it again
+            self.reseed()
             yield self._batches(self.epoch)
             if self.global_step != (self.epoch + 1) * self.plan.steps_per_epoch:
                 raise RuntimeError(f"epoch {self.epoch} was not run to its end")
@@ -706,17 +738,16 @@ class DPTrainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / "checkpoint.pt"
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to resume: model, optimizer, RNGs, position, gate.
+        """Return everything needed to resume: model, optimizer, position, plan, gate.
 
-        When distributed, every rank must call this (it gathers each rank's sampling generator);
-        the gate's state is rank 0's.
+        No generator state is saved (neither the noise's, the sampling's nor torch's global one):
+        a leaked checkpoint must not reveal the noise of the models released before it. A
+        resumed run reseeds from fresh entropy (:meth:`reseed`). The gate's state is
+        rank 0's.
         """
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sampling_rng": self.sampling_rng.get_state(),
-            "noise_rng": self.noise_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "max_grad_norm": self.clip,
@@ -727,11 +758,14 @@ class DPTrainer:
         }
         if self.dist is not None:
             state["world_size"] = self.dist.world_size
-            state["sampling_rngs"] = self.dist.gather_tensors(self.sampling_rng.get_state())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the plan must be the one this trainer was built with."""
+        """Restore :meth:`state_dict`; the plan must be the one this trainer was built with.
+
+        The generators are reseeded for the resumed step (fresh entropy by default); generator
+        states in checkpoints written by older versions are ignored.
+        """
         if RunPlan.from_dict(state["plan"]) != self.plan:
             raise InvalidParameterError(
                 "checkpoint",
@@ -747,12 +781,8 @@ class DPTrainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampling_rng.set_state(
-            state["sampling_rng"] if self.dist is None else state["sampling_rngs"][self.dist.rank]
-        )
-        self.noise_rng.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.reseed()
         self.clip = float(state["max_grad_norm"])
         if self.dist is None or self.dist.is_main:  # the gate of other ranks is never asked
             self.gate.load_state_dict(state["gate"])
@@ -806,7 +836,8 @@ def make_private(
     num_microbatches: int | None = None,
     adaptive_clipping: AdaptiveClipping | None = None,
     engine: str = "auto",
-    seed: int | None = None,
+    noise_seed: int | None = None,
+    secure_noise: bool = True,
     checkpoint_dir: str | Path | None = None,
     name: str = "dp-sgd",
     distributed: bool | None = None,
@@ -838,7 +869,8 @@ def make_private(
         num_microbatches=num_microbatches,
         adaptive_clipping=adaptive_clipping,
         engine=engine,
-        seed=seed,
+        noise_seed=noise_seed,
+        secure_noise=secure_noise,
         checkpoint_dir=checkpoint_dir,
         name=name,
         distributed=distributed,

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 import dp_core
 from dp_core.errors import InvalidParameterError
+from dp_core.randomness import warn_reproducible_noise
 from dp_core.schedules import NoiseSchedule
 from dp_core.trainer.adaptive_clipping import AdaptiveClipping
 from dp_core.trainer.budget_gate import (
@@ -89,6 +90,7 @@ class TrainConfig:
     adaptive_quantile: float | None = None
     engine: str = "auto"
     seed: int = 0
+    reproducible_noise: bool = False
     threads: int | None = None
     distributed: bool | None = None
     max_records_per_individual: int | None = None
@@ -391,7 +393,9 @@ def _train(
 ) -> dict[str, Any]:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    if config.reproducible_noise and (not distributed or dist.get_rank() == 0):
+        warn_reproducible_noise(config.seed)
+    torch.manual_seed(config.seed)  # public randomness only: model init (the split: load_data)
     data = load_data(config.data, seed=config.seed)
     model = build_model(
         config.model,
@@ -426,7 +430,7 @@ def _train(
         if config.adaptive_quantile is None
         else AdaptiveClipping(target_quantile=config.adaptive_quantile),
         engine=config.engine,
-        seed=config.seed,
+        noise_seed=config.seed if config.reproducible_noise else None,
         checkpoint_dir=config.checkpoint_dir,
         name=_same_on_every_rank(run_name(config)) if distributed else run_name(config),
         distributed=distributed,
@@ -447,6 +451,7 @@ def _train(
     statement = run_statement(
         trainer.plan, result.epochs_completed, records_per_user=trainer.group_size,
         rates_from_class_counts=sampling is not None and sampling.from_class_counts,
+        reproducible_seed=config.seed if config.reproducible_noise else None,
     )  # fmt: skip
     return {
         "run_name": trainer.plan.name,
@@ -471,5 +476,7 @@ def _train(
         "test_loss": test_loss,
         "checkpoint_path": result.checkpoint_path,
         "world_size": 1 if trainer.dist is None else trainer.dist.world_size,
+        "reproducible_noise": trainer.reproducible_noise,
+        "secure_noise": trainer.secure_noise,
         "statement": statement,
     }

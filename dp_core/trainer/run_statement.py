@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dp_core.statement import build_privacy_statement, render_privacy_statement
+from dp_core.statement import (
+    build_privacy_statement,
+    render_privacy_statement,
+    reproducible_noise_note,
+)
 from dp_core.trainer.budget_gate import RunPlan
 from dp_core.trainer.class_sampling import BALANCED_NOTE, epsilon_per_class
 
@@ -20,14 +24,21 @@ TRAINER_MAX_FFT_POINTS = 1 << 24
 
 
 def run_statement(
-    plan: RunPlan, epochs: int, *, records_per_user: int = 1, rates_from_class_counts: bool = False
+    plan: RunPlan,
+    epochs: int,
+    *,
+    records_per_user: int = 1,
+    rates_from_class_counts: bool = False,
+    reproducible_seed: int | None = None,
 ) -> dict[str, Any]:
     """Return the statement of the first ``epochs`` epochs of ``plan``: JSON numbers and ``text``.
 
     With per-class sampling rates the statement is the one at q_max (the run's guarantee) and
     adds ``epsilon_per_class`` (per-record RDP epsilon of each class, at its rate q_c),
     ``class_sample_rates``, ``limiting_classes`` (those at q_max) and, when the rates were
-    derived from the class counts, ``class_counts_public: true`` with a line saying so.
+    derived from the class counts, ``class_counts_public: true`` with a line saying so. A run
+    with reproducible noise (``plan.reproducible_noise``; ``reproducible_seed`` names the seed)
+    says that its guarantee does not hold against anyone who knows the seed.
     """
     statement = build_privacy_statement(
         sample_rate=plan.sample_rate,
@@ -40,6 +51,9 @@ def run_statement(
     result = {**statement.to_dict(), "text": render_privacy_statement(statement)}
     if plan.class_sample_rates is not None:
         result = _with_classes(result, plan, epochs, rates_from_class_counts)
+    result["reproducible_noise"] = plan.reproducible_noise
+    if plan.reproducible_noise:
+        result["text"] += "\n\n" + reproducible_noise_note(reproducible_seed)
     return result
 
 

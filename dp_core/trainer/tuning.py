@@ -31,6 +31,7 @@ from dp_core.calibration import epsilon_of_schedule
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.errors import InvalidParameterError
 from dp_core.mechanisms import SampledGaussianSchedule, Tuning
+from dp_core.randomness import TUNING_STREAM, stream_generator
 from dp_core.rdp.compose import compute_rdp
 from dp_core.rdp.orders import DEFAULT_ORDERS
 from dp_core.schedules import NoiseSchedule
@@ -82,6 +83,7 @@ class TuningPlan:
     delta: float
     name: str
     tune: TuneConfig
+    reproducible_noise: bool = False
 
     @property
     def base_noise_multiplier(self) -> float:
@@ -217,7 +219,8 @@ def run_tuning(
     plan.mechanism()  # validates the distribution's parameters before anything is registered
     epsilon, order = plan.epsilon()
     ledger_info = {} if ledger is None else ledger.admit(plan)  # TuningRefused: nothing trained
-    rng = np.random.default_rng(config.seed)
+    # K and the candidates drawn are part of the mechanism (Papernot & Steinke 2022): secret.
+    rng = stream_generator(config.seed if config.reproducible_noise else None, stream=TUNING_STREAM)
     repetitions = draw_repetitions(tune, rng)
     grid = tune.candidates()
     trained = []
@@ -296,4 +299,5 @@ def tuning_plan(
         sample_rate=q, steps_per_epoch=steps_per_epoch(q), epochs=config.epochs,
         schedule=config.schedule, decay_rate=config.decay_rate,
         max_grad_norm=config.max_grad_norm, delta=config.delta, name=name, tune=tune,
+        reproducible_noise=config.reproducible_noise,
     )  # fmt: skip

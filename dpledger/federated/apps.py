@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from dp_core.federated import DpFedAvgRounds
+from dp_core.randomness import secret_generator, secure_normal
 from dp_core.sampling import rate_down
 from dpledger.federated.data import UserSource
 from dpledger.federated.model import SoftmaxModel, UserData
@@ -117,6 +118,7 @@ class FederatedConfig:
     local_epochs: int = 5
     learning_rate: float = 0.5
     seed: int = 0
+    reproducible_noise: bool = False
     clipping_range: float = 8.0
     quantization_range: int = 1 << 22
     modulus_range: int = 1 << 32
@@ -180,7 +182,9 @@ class DpFedAvgStrategy(Strategy):
     config: FederatedConfig
     initial: Arrays
     gate: RoundGate | None = None
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    # The server's noise and the users' sampling: secret (OS entropy) unless the job asked for
+    # reproducible noise (see dp_core.randomness and the runner).
+    rng: np.random.Generator = field(default_factory=secret_generator)
     current: Arrays = field(default_factory=list)
     rounds_completed: int = 0
     # Set when the engine running the nodes stopped: the ServerApp gives up waiting for them.
@@ -272,11 +276,20 @@ class DpFedAvgStrategy(Strategy):
         clients dropped out releases (sum of the survivors + noise) / m, so neither the count of
         drop-outs nor the count drawn shows in the model beyond what the noisy sum shows.
         """
-        sigma = self.config.noise_multiplier * self.config.clip
-        noisy = [t + self.rng.normal(0.0, sigma, size=t.shape) for t in total]
+        noisy = [t + n for t, n in zip(total, self._noise(total), strict=True)]
         scale = self.config.denominator
         self.current = [c + n / scale for c, n in zip(self.current, noisy, strict=True)]
         self.rounds_completed += 1
+
+    def _noise(self, total: Arrays) -> Arrays:
+        """N(0, (sigma C)^2) per coordinate, in secure mode (:func:`dp_core.randomness.secure_normal`).
+
+        The released model is a float vector, so the noise is a float Gaussian: the exact
+        discrete sampler would need the sum rounded to a grid (adding sqrt(d) times the grid step
+        to the sensitivity) and costs ~0.1 ms per coordinate in Python (see docs/guides/randomness.md).
+        """
+        sigma = self.config.noise_multiplier * self.config.clip
+        return [sigma * secure_normal(self.rng, t.shape) for t in total]
 
     def _sum_of_updates(self, results: list[tuple[ClientProxy, FitRes]]) -> Arrays:
         """Sum of the clipped updates: from each result, or from SecAgg+'s single average."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from dp_core.conversion import rdp_to_epsilon
 from dp_core.federated import DpFedAvgRounds
+from dp_core.randomness import FEDERATED_STREAM, stream_generator
 from dp_core.rdp.compose import compute_rdp
 from dp_core.rdp.orders import DEFAULT_ORDERS
 from dpledger.client import BudgetExceeded, DpFedAvg, LedgerClient, LedgerError
@@ -65,6 +66,7 @@ class FederatedResult:
     sample_rate: float | None
     noise_multiplier: float
     clip: float
+    reproducible_noise: bool
     model_path: str | None
     run_id: int | None
     data: str
@@ -85,13 +87,15 @@ class LedgerRoundGate:
         name: str,
         mechanism: DpFedAvg,
         reservation: str = "plan",
+        reproducible_noise: bool = False,
     ) -> None:
         self._client = client
         self.charged = 0
         try:
             self.run_id = client.create_run(
-                dataset=dataset, name=name, mechanism=mechanism, reservation=reservation
-            ).id
+                dataset=dataset, name=name, mechanism=mechanism, reservation=reservation,
+                reproducible_noise=reproducible_noise,
+            ).id  # fmt: skip
         except BudgetExceeded as refusal:
             client.close()
             raise LedgerRefusedError(f"refused: {refusal_reason(refusal)}") from refusal
@@ -161,7 +165,9 @@ def run_federated(
         config,
         model.initial(),
         gate=_Observed(gate, on_round),
-        rng=np.random.default_rng(config.seed),
+        rng=stream_generator(
+            config.seed if config.reproducible_noise else None, stream=FEDERATED_STREAM
+        ),
     )
     stops: list[RoundRefused | RoundFailed] = []
     server = make_server_app(strategy, stops.append)
@@ -197,6 +203,7 @@ def run_federated(
         sample_rate=config.sample_rate,
         noise_multiplier=config.noise_multiplier,
         clip=config.clip,
+        reproducible_noise=config.reproducible_noise,
         model_path=path,
         run_id=ledger.run_id if ledger is not None else None,
         data=source.data,

@@ -119,7 +119,7 @@ def _trainer(service, token, dataset, data, **extra):
     return DPTrainer(
         model, torch.optim.SGD(model.parameters(), lr=0.5), data, loss_fn=F.cross_entropy,
         max_grad_norm=1.0, epochs=2, expected_batch_size=20, noise_multiplier=1.0, gate=gate,
-        seed=0, **extra,
+        **extra,
     )  # fmt: skip
 
 

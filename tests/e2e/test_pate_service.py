@@ -33,7 +33,7 @@ def _votes(tmp_path, queries=50):
 
 def _pate(service, dataset, votes, *extra, token=ADMIN):
     args = ["pate", "--votes", str(votes), "--aggregator", "gnmax", "--noise-multiplier", "20",
-            "--delta", "1e-5", "--seed", "1", "--json", "--service", service.base_url,
+            "--delta", "1e-5", "--json", "--service", service.base_url,
             "--token", token, "--dataset", dataset, *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 

@@ -44,7 +44,7 @@ def _trainer(client, token, name, epochs, tmp_path, *, noise_multiplier=1.0, gat
     gate = gate or HttpBudgetGate(base_url=client.base_url, token=token, dataset=name)
     return DPTrainer(
         model, torch.optim.SGD(model.parameters(), lr=0.5), TensorDataset(x, y), loss_fn=F.cross_entropy,
-        max_grad_norm=1.0, epochs=epochs, expected_batch_size=50, noise_multiplier=noise_multiplier, gate=gate, seed=0,
+        max_grad_norm=1.0, epochs=epochs, expected_batch_size=50, noise_multiplier=noise_multiplier, gate=gate,
         checkpoint_dir=tmp_path / "ckpt",
     )  # fmt: skip
 

@@ -549,3 +549,28 @@ def test_more_queries_never_lower_the_data_dependent_epsilon(seed, extra, noise,
     fewer, more = report(30), report(30 + extra)
     assert more.epsilon_data_dependent >= fewer.epsilon_data_dependent * (1 - 1e-6)
     assert more.epsilon_data_dependent <= more.epsilon_data_independent
+
+
+# --- secret, exact noise (issue 20) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mechanism",
+    [GNMaxQueries(noise_multiplier=3.0, queries=300), LNMaxQueries(noise_scale=3.0, queries=300)],
+)
+def test_same_votes_twice_give_different_labels_without_a_seed(mechanism):
+    votes = np.tile([10, 9, 0], (300, 1))  # close call: about half the answers flip
+    first, second = aggregate_votes(votes, mechanism), aggregate_votes(votes, mechanism)
+    assert not np.array_equal(first, second)
+
+
+def test_gnmax_noise_is_integer_on_the_fine_grid_with_std_sigma():
+    from dp_core.pate import GNMAX_GRANULARITY, _discrete_gaussian_counts
+
+    counts = np.tile(np.array([3.0, 0.0]), (2000, 1))
+    noisy = _discrete_gaussian_counts(counts, 2.5, 9)
+    assert noisy.dtype == np.int64
+    noise = (noisy - counts.astype(np.int64) * GNMAX_GRANULARITY) / GNMAX_GRANULARITY
+    assert abs(float(noise.std()) / 2.5 - 1.0) < 5 / math.sqrt(2 * noise.size)
+    assert abs(float(noise.mean())) < 5 * 2.5 / math.sqrt(noise.size)
+    assert np.array_equal(noisy, _discrete_gaussian_counts(counts, 2.5, 9))  # seeded: reproducible

@@ -36,7 +36,7 @@ def test_json_report_matches_the_library_and_labels_are_written(votes_file, tmp_
     out = tmp_path / "labels.npy"
     result = run(
         "pate", "--votes", votes_file, "--aggregator", "gnmax", "--noise-multiplier", "40",
-        "--delta", "1e-5", "--seed", "5", "--out", out, "--json",
+        "--delta", "1e-5", "--seed", "5", "--reproducible-noise", "--out", out, "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -74,7 +74,7 @@ def test_predictions_and_human_output(tmp_path):
     assert np.load(default_out).shape == (12,)
     again = run(
         "pate", "--predictions", path, "--num-classes", "4", "--aggregator", "lnmax",
-        "--noise-multiplier", "5", "--delta", "1e-6", "--json", "--seed", "1",
+        "--noise-multiplier", "5", "--delta", "1e-6", "--json", "--seed", "1", "--reproducible-noise",
     )  # fmt: skip
     payload = json.loads(again.stdout)
     assert payload["classes"] == 4 and payload["queries"] == 12
@@ -124,7 +124,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         (["--votes", "{good}", "--noise-multiplier", "-3"], "noise_multiplier"),
         (["--votes", "{good}", "--aggregator", "softmax"], "aggregator"),
         (["--votes", "{good}", "--delta", "1"], "delta"),
-        (["--votes", "{good}", "--seed", "-4"], "seed"),
+        (["--votes", "{good}", "--seed", "-4", "--reproducible-noise"], "seed"),
+        (["--votes", "{good}", "--seed", "4"], "reproducible-noise"),
         (["--votes", "{good}", "--num-classes", "7"], "num_classes"),
         (["--votes", "{good}", "--out", "{missing_dir}/labels.npy"], "out"),
     ],

@@ -505,3 +505,20 @@ def test_run_body_is_the_mechanism_form():
         "mechanism": {"kind": "dp_sgd", "sample_rate": 0.01, "epochs": 3, "max_grad_norm": 1.0,
                       "noise": {"schedule": "constant", "noise_multiplier": 1.0, "decay_rate": 0.0}},
     }  # fmt: skip
+
+
+def test_a_reproducible_run_is_sent_and_read_back_as_such(tmp_path):
+    from tests.unit.dpledger.app_client import running_app
+
+    with running_app(tmp_path) as running, running.client() as admin:
+        admin.create_dataset(name="d", target_epsilon=8.0, target_delta=1e-5)
+        mechanism = DpSgd(sample_rate=0.01, epochs=2, noise_multiplier=1.0)
+        seeded = admin.create_run(
+            dataset="d", name="s", mechanism=mechanism, reproducible_noise=True
+        )
+        plain = admin.create_run(dataset="d", name="p", mechanism=mechanism)
+        assert seeded.reproducible_noise and not plain.reproducible_noise
+        assert admin.get_run(seeded.id).reproducible_noise
+        assert "reproducible_noise" not in LedgerClient.run_body(
+            dataset="d", name="p", mechanism=mechanism
+        )  # the default is not sent: an older service still accepts the body

@@ -167,7 +167,7 @@ def _trainer(gate, **kw):
     x = torch.randn(400, 5, generator=gen) + 2.0 * (2 * y[:, None].float() - 1)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
     settings = {"loss_fn": F.cross_entropy, "max_grad_norm": 1.0, "epochs": 3,
-                "expected_batch_size": 50, "noise_multiplier": 0.8, "seed": 1, **kw}  # fmt: skip
+                "expected_batch_size": 50, "noise_multiplier": 0.8, "noise_seed": 1, **kw}  # fmt: skip
     return make_private(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
         dataset=TensorDataset(x, y), gate=gate, **settings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ def _votes(tmp_path, queries=30):
 
 def _pate(tmp_path, token=ADMIN_TOKEN, dataset="d", *extra):
     args = ["pate", "--votes", str(_votes(tmp_path)), "--aggregator", "gnmax",
-            "--noise-multiplier", "20", "--delta", "1e-5", "--seed", "1", "--json",
+            "--noise-multiplier", "20", "--delta", "1e-5", "--json",
             "--service", "http://ledger", "--token", token, "--dataset", dataset, *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 
@@ -135,3 +137,22 @@ def test_a_failure_mid_job_still_finishes_the_run(ledger, monkeypatch, tmp_path)
         (run,) = admin.get_budget("d").runs
     assert (run.status, run.epochs_charged) == ("finished", 1)  # the unused batches released
     assert not (tmp_path / "votes.labels.npy").exists()
+
+
+def test_a_reproducible_job_is_warned_about_and_recorded_as_such(ledger, tmp_path):
+    result = _pate(tmp_path, ADMIN_TOKEN, "d", "--seed", "4", "--reproducible-noise")
+    assert result.exit_code == 0, result.output
+    assert "does NOT hold against anyone who knows the seed" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["seed"] == 4 and report["reproducible_noise"] is True
+    with ledger.client() as admin:
+        assert admin.get_run(report["run_id"]).reproducible_noise
+
+
+def test_a_secret_job_prints_no_seed(ledger, tmp_path):
+    result = _pate(tmp_path, ADMIN_TOKEN, "d")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["seed"] is None and report["reproducible_noise"] is False
+    with ledger.client() as admin:
+        assert not admin.get_run(report["run_id"]).reproducible_noise

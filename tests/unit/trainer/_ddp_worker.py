@@ -54,7 +54,7 @@ def equivalence_trainer(variant, *, dataset, init_seed, **kw):
         epochs=2,
         expected_batch_size=30,
         noise_multiplier=0.7,
-        seed=11,
+        noise_seed=11,
         **EQUIVALENCE[variant],
         **kw,
     )
@@ -119,7 +119,7 @@ def run_noise(rank):
         epochs=1,
         expected_batch_size=50,
         noise_multiplier=1.3,
-        seed=rank,  # noise comes from rank 0's generator only, whatever the others' seeds
+        # noise: rank 0's secret generator only (the others never draw any)
     )
     trainer.step(LogicalBatch(0, torch.tensor([], dtype=torch.long)))
     return {"weight": model.weight.detach().clone(), "expected_units": trainer.expected_units}
@@ -144,7 +144,7 @@ def gated_trainer(rank, directory, *, target_epsilon, shard):
         expected_batch_size=40,
         noise_multiplier=1.5,
         gate=gate,
-        seed=5,
+        noise_seed=5,
         checkpoint_dir=directory / f"ckpt-rank{rank}",
         dataset_is_shard=shard,
     )

@@ -64,7 +64,7 @@ class _NoiseBugTrainer(DPTrainer):
 
 
 def test_a_noise_bug_is_caught():
-    config = AuditConfig(noise_multiplier=4.0, epochs=5, seed=0)
+    config = AuditConfig(noise_multiplier=4.0, epochs=5, seed=0, reproducible_noise=True)
     honest = run_audit(config)
     buggy = run_audit(config, trainer_class=_NoiseBugTrainer)
     assert honest.epsilon_theoretical == buggy.epsilon_theoretical
@@ -82,7 +82,11 @@ def test_non_private_refuses_noise():
 @pytest.mark.parametrize("kind", ["gradient", "input"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_private_run_bound_stays_below_theory(seed, kind):
-    result = run_audit(AuditConfig(noise_multiplier=1.0, epochs=5, seed=seed, canary_kind=kind))
+    result = run_audit(
+        AuditConfig(
+            noise_multiplier=1.0, epochs=5, seed=seed, reproducible_noise=True, canary_kind=kind
+        )
+    )
     assert result.epsilon_theoretical is not None and math.isfinite(result.epsilon_theoretical)
     assert 0.0 <= result.epsilon_lower_bound <= result.epsilon_theoretical
     assert result.noise_multiplier == 1.0

@@ -146,7 +146,7 @@ def _trainer(rates=(0.05, 0.4), **kw):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
     settings = {"loss_fn": F.cross_entropy, "max_grad_norm": 1.0, "epochs": 2,
-                "noise_multiplier": 1.0, "seed": 1, "class_sample_rates": rates, **kw}  # fmt: skip
+                "noise_multiplier": 1.0, "noise_seed": 1, "class_sample_rates": rates, **kw}  # fmt: skip
     return DPTrainer(model, torch.optim.SGD(model.parameters(), lr=0.5), _imbalanced_blobs(),
                      **settings)  # fmt: skip
 

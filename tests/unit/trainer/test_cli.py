@@ -185,3 +185,30 @@ def test_the_summary_holds_the_statement_and_prints_it_on_request():
     assert summary["epsilon_rdp"] == pytest.approx(expected.epsilon_rdp, rel=1e-6)
     assert summary["epsilon_pld"] < summary["epsilon_rdp"] == summary["epsilon"]
     assert result.stderr.strip() == statement["text"] == dp_core.render_privacy_statement(expected)
+
+
+def test_same_settings_and_seed_twice_release_different_models_unless_reproducible(tmp_path):
+    """--seed fixes the public split and initial model only; noise and sampling stay secret."""
+    common = ["--epochs", "1", "--noise-multiplier", "1.0", "--lr", "2", "--threads", "1",
+              "--seed", "3", "--no-progress", "--no-statement"]  # fmt: skip
+
+    def train(name, *extra):
+        result = _run(*common, "--checkpoint-dir", str(tmp_path / name), *extra)
+        assert result.exit_code == 0, result.output
+        import torch
+
+        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        params = torch.cat([t.reshape(-1).double() for t in state["model"].values()])
+        return params, json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+    a, summary, stderr = train("a")
+    b, _, _ = train("b")
+    assert float((a - b).abs().max()) > 1e-4
+    assert summary["reproducible_noise"] is False and summary["secure_noise"] is True
+    assert "WARNING" not in stderr
+    c, summary, stderr = train("c", "--reproducible-noise")
+    d, _, _ = train("d", "--reproducible-noise")
+    assert bool((c == d).all())
+    assert summary["reproducible_noise"] is True and summary["statement"]["reproducible_noise"]
+    assert "does NOT hold against anyone who knows the seed" in stderr
+    assert "does not hold against anyone who knows the seed" in summary["statement"]["text"]

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from dp_core.errors import InvalidParameterError
+from dp_core.randomness import NOISE_STREAM, SAMPLING_STREAM, stream_seed
 from dp_core.trainer.budget_gate import RunPlan
 from dp_core.trainer.cli import register
-from dp_core.trainer.distributed import detect_context, sampling_seed, shard_indices
+from dp_core.trainer.distributed import detect_context, shard_indices
 from dp_core.trainer.loop import LogicalBatch
 from dp_core.trainer.recipe import TrainConfig, launched_distributed
 
@@ -90,6 +91,8 @@ def test_two_ranks_equal_one_process_on_the_union_of_their_batches(ranks, varian
             assert all(i % WORLD_SIZE == rank for i in part)
         union = sorted(i for part in step["indices"] for i in part)
         assert step["examples"] == len(union)
+        if t % 7 == 0:  # the ranks' trainers reseed (from noise_seed) at each epoch's start
+            reference.reseed()
         reference.step(LogicalBatch(t, torch.tensor(union, dtype=torch.long)))
     assert sum(s["examples"] for s in steps) > 100
     # Independent sampling: the ranks do not pick the same positions of their shards.
@@ -188,8 +191,10 @@ def test_shards_partition_the_dataset():
 
 
 def test_each_rank_samples_with_its_own_generator():
-    seeds = [sampling_seed(7, r) for r in range(4)]
-    assert seeds[0] == 7 and len(set(seeds)) == 4 and 7 + 1 not in seeds  # 8 is the noise seed
+    seeds = [stream_seed(7, stream=SAMPLING_STREAM, words=(r, 0)) for r in range(4)]
+    assert len(set(seeds)) == 4 and stream_seed(7, stream=NOISE_STREAM, words=(0,)) not in seeds
+    fresh = [stream_seed(None, stream=SAMPLING_STREAM, words=(r, 0)) for r in range(4)]
+    assert len(set(fresh)) == 4  # by default each rank draws its own OS entropy
 
 
 def test_without_a_process_group_the_trainer_runs_alone():

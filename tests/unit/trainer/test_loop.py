@@ -36,7 +36,7 @@ def _trainer(dataset=None, model=None, optimizer="sgd", **kw):
         "epochs": 3,
         "expected_batch_size": 50,
         "noise_multiplier": 0.8,
-        "seed": 1,
+        "noise_seed": 1,
     }
     settings.update(kw)
     return make_private(model=model, optimizer=opt, dataset=dataset, **settings)
@@ -230,3 +230,74 @@ def test_bad_settings_are_refused():
     with pytest.raises(InvalidParameterError, match="count_noise_std"):
         _trainer(adaptive_clipping=AdaptiveClipping(count_noise_std=0.1))
     assert isinstance(_trainer(), DPTrainer)
+
+
+# --- secret randomness (issue 20) -------------------------------------------------------------
+
+
+def _final_params(trainer):
+    trainer.fit()
+    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+
+
+def test_same_settings_twice_release_different_models_by_default():
+    # Same data, same initial model (torch.manual_seed(0)), same settings: only the secret
+    # noise and sampling differ, and they must.
+    a = _final_params(_trainer(epochs=1, noise_seed=None))
+    b = _final_params(_trainer(epochs=1, noise_seed=None))
+    assert float((a - b).abs().max()) > 1e-3
+
+
+def test_a_noise_seed_makes_the_run_reproducible_and_says_so():
+    first, second = _trainer(epochs=1, noise_seed=4), _trainer(epochs=1, noise_seed=4)
+    assert first.reproducible_noise and first.plan.reproducible_noise
+    assert torch.equal(_final_params(first), _final_params(second))
+    assert not _trainer(epochs=1, noise_seed=None).plan.reproducible_noise
+
+
+def _walk(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk(v)
+
+
+def test_checkpoints_hold_no_generator_state_and_resume_with_unchanged_accounting(tmp_path):
+    from dp_core.trainer.checkpoint import load_checkpoint
+
+    gate1 = RecordingGate(target_epsilon=50.0, delta=1e-5)
+    first = _trainer(epochs=3, checkpoint_dir=tmp_path, gate=gate1, noise_seed=None)
+    for n, batches in enumerate(first.epochs()):
+        for batch in batches:
+            first.step(batch)
+        if n == 0:
+            break
+    state = load_checkpoint(first.checkpoint_path)
+    keys = {k for k, _ in _walk(state)}
+    assert not keys & {"noise_rng", "sampling_rng", "sampling_rngs", "torch_rng"}
+    # torch generator states are uint8 tensors (5056 bytes for mt19937): none anywhere
+    assert not [
+        v for _, v in _walk(state) if isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+    ]
+    gate2 = RecordingGate(target_epsilon=50.0, delta=1e-5)
+    second = _trainer(epochs=3, checkpoint_dir=tmp_path, gate=gate2, noise_seed=None)
+    old_noise_state = second.noise_rng.get_state()
+    assert second.resume()
+    assert not torch.equal(second.noise_rng.get_state(), old_noise_state)  # reseeded, fresh
+    result = second.fit()
+    assert gate2.charged == [1, 2] and result.epochs_completed == 3
+    straight = _trainer(epochs=3, noise_seed=None)
+    straight.fit()
+    assert result.epsilon == straight.result().epsilon
+
+
+def test_a_checkpoint_with_generator_states_from_an_older_version_still_resumes(tmp_path):
+    old = _trainer(epochs=2, checkpoint_dir=tmp_path)
+    state = old.state_dict()
+    state.update(noise_rng=old.noise_rng.get_state(), sampling_rng=old.sampling_rng.get_state())
+    resumed = _trainer(epochs=2, checkpoint_dir=tmp_path)
+    resumed.load_state_dict(state)
+    assert resumed.global_step == 0 and resumed.fit().epochs_completed == 2

@@ -54,7 +54,7 @@ def test_it_passes_every_setting_through():
     trainer = make_private(
         model=model, optimizer=optimizer, dataset=data, loss_fn=F.cross_entropy,
         max_grad_norm=0.5, epochs=3, expected_batch_size=16, noise_multiplier=1.3, delta=1e-6,
-        name="explicit", seed=1, engine="func", max_physical_batch_size=8,
+        name="explicit", noise_seed=1, engine="func", max_physical_batch_size=8,
     )  # fmt: skip
     plan = trainer.plan
     assert (plan.max_grad_norm, plan.epochs, plan.sample_rate, plan.delta, plan.name) == (
@@ -62,6 +62,7 @@ def test_it_passes_every_setting_through():
     )  # fmt: skip
     assert plan.schedule.noise_multiplier == 1.3 and trainer.engine_name == "func"
     assert trainer.max_physical_batch_size == 8
+    assert trainer.noise_seed == 1 and trainer.reproducible_noise and trainer.secure_noise
 
 
 def test_a_misspelt_or_positional_argument_is_refused():

@@ -89,7 +89,7 @@ def test_trainer_accounts_the_subsampled_gaussian_at_the_user_level():
     trainer = make_private(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
         dataset=TensorDataset(x, y), loss_fn=F.cross_entropy, max_grad_norm=C, epochs=2,
-        expected_batch_size=10, noise_multiplier=1.0, seed=0, user_index=users,
+        expected_batch_size=10, noise_multiplier=1.0, user_index=users,
     )  # fmt: skip
     assert trainer.plan.sample_rate == pytest.approx(10 / 40)  # users, not records
     assert trainer.engine_name == "func" and trainer.expected_units == pytest.approx(10)
@@ -179,7 +179,7 @@ def test_a_user_level_run_is_charged_to_a_user_dataset_and_refused_by_a_dataset_
             trainer = make_private(
                 model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
                 dataset=TensorDataset(x, y), loss_fn=F.cross_entropy, max_grad_norm=C,
-                epochs=2, expected_batch_size=10, noise_multiplier=1.0, seed=0, user_index=users,
+                epochs=2, expected_batch_size=10, noise_multiplier=1.0, user_index=users,
                 gate=HttpBudgetGate(dataset=dataset, client=ledger.client()),
             )  # fmt: skip
             if dataset == "rows":
