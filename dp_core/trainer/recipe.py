@@ -39,6 +39,7 @@ from dp_core.trainer.class_sampling import (
     parse_class_sample_rates,
 )
 from dp_core.trainer.data import load_data
+from dp_core.trainer.features import features_for_model
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
     class_weighted_loss,
@@ -392,7 +393,7 @@ def _train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    data = load_data(config.data, seed=config.seed)
+    data = features_for_model(config.model, load_data(config.data, seed=config.seed))
     model = build_model(
         config.model,
         image_size=data.image_size,
