@@ -257,6 +257,20 @@ def _epsilon_figure(ax: Any, curves: list[dict[str, Any]]) -> None:
     ax.legend(fontsize=7)
 
 
+def markdown(table: dict[str, Any]) -> str:
+    """The rows as a Markdown table (for docs/guides/real-data.md)."""
+    lines = ["| id | data set | library | epochs | C | sigma | epsilon | test accuracy | seconds (CPU s) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in table["rows"]:
+        cpu = f" ({r['cpu_seconds']:.0f})" if r.get("cpu_seconds") else ""
+        lines.append(
+            f"| {r['id']}{' (reduced)' if r.get('reduced') else ''} | {r['dataset']} | {r['library']} "
+            f"| {r['epochs']} | {r['max_grad_norm']:g} | {r['noise_multiplier']:.2f} "
+            f"| {r['epsilon']:.3f} | {r['test_accuracy']:.4f} | {r['seconds']:.0f}{cpu} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=os.environ.get("DPLEDGER_DATA", "/work/data"))
@@ -264,8 +278,12 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="row ids to run (repeatable)")
     parser.add_argument("--opacus", action="store_true", help="also the Opacus twin of each row")
     parser.add_argument("--plots", action="store_true", help="only redraw the plots")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     table = load_table()
+    if args.markdown:
+        print(markdown(table))
+        return
     if not args.plots:
         table["epsilon_vs_epochs"] = epsilon_curves()
         for row in grid(reduced=not args.full):
