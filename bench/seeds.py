@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +89,22 @@ def run_row(row: dict[str, Any], data_root: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"{row['id']} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return table_row(row, summary, argv, seconds=seconds, cpu_seconds=None)
+
+
+def table_row(
+    row: dict[str, Any], summary: dict[str, Any], argv: list[str], *, seconds: float,
+    cpu_seconds: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The table's row from a command's JSON summary."""
     return {
         **row, "model": "scatternet-linear", "library": "dpledger",
         "dataset": DATASETS[row["dataset"]], "epsilon": summary["epsilon"], "delta": summary["delta"],
         "noise_multiplier": summary["noise_multiplier"], "max_grad_norm": _option(argv, "--max-grad-norm"),
         "epochs": summary["epochs_completed"], "test_accuracy": summary["test_accuracy"],
-        "seconds": round(seconds, 1), "cpu_seconds": round(_child_cpu(), 1),
+        "seconds": round(seconds, 1),
+        "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
     }  # fmt: skip
-
-
-_CPU_SEEN = [0.0]
-
-
-def _child_cpu() -> float:
-    """CPU seconds (user + system) of the last finished child: the machine is shared."""
-    usage = os.times()
-    total = usage.children_user + usage.children_system
-    spent, _CPU_SEEN[0] = total - _CPU_SEEN[0], total
-    return spent
 
 
 def _option(argv: list[str], name: str) -> float:
@@ -278,21 +277,35 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="row ids to run (repeatable)")
     parser.add_argument("--opacus", action="store_true", help="also the Opacus twin of each row")
     parser.add_argument("--plots", action="store_true", help="only redraw the plots")
+    parser.add_argument("--jobs", type=int, default=1, help="commands run at once")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--record", nargs=4, metavar=("ID", "SUMMARY", "SECONDS", "CPU_SECONDS"),
+        help="add row ID from the JSON summary of its exact command, run by hand (timed apart)",
+    )  # fmt: skip
     args = parser.parse_args()
     table = load_table()
     if args.markdown:
         print(markdown(table))
         return
+    if args.record:
+        row_id, summary, seconds, cpu = args.record
+        (row,) = [r for r in grid(reduced=not args.full) if r["id"] == row_id]
+        argv = shlex.split(row["command"])
+        lines = Path(summary).read_text().strip().splitlines()
+        merge(table, table_row(row, json.loads(lines[-1]), argv, seconds=float(seconds),
+                               cpu_seconds=float(cpu)))  # fmt: skip
+        return
     if not args.plots:
         table["epsilon_vs_epochs"] = epsilon_curves()
-        for row in grid(reduced=not args.full):
-            if args.only and row["id"] not in args.only:
-                continue
-            ours = run_row(row, args.data_root)
-            merge(table, ours)
-            if args.opacus:
-                merge(table, opacus_row({**row, "root": args.data_root}, ours))
+        rows = [r for r in grid(reduced=not args.full) if not args.only or r["id"] in args.only]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # subprocesses; merged here
+            for row, ours in zip(
+                rows, pool.map(lambda r: run_row(r, args.data_root), rows), strict=True
+            ):
+                merge(table, ours)
+                if args.opacus:
+                    merge(table, opacus_row({**row, "root": args.data_root}, ours))
     save_table(table)
     plots(table)
 
