@@ -227,8 +227,10 @@ def _curve(ax: Any, rows: list[dict[str, Any]], figure: str, x_key: str, label: 
     headline = [r for r in rows if r["figure"] == "headline" and r["library"] == "dpledger"]
     for library, marker in (("dpledger", "o-"), ("opacus 1.6.0", "s--")):
         points = [r for r in rows if r["figure"] == figure and r["library"] == library]
-        if figure == "clip":
-            points += [r for r in headline if r["max_grad_norm"] == 0.1 and library == "dpledger"]
+        if library == "dpledger" and figure == "clip":  # the recipe's C = 0.1 at epsilon 3
+            points += [r for r in headline if round(r["epsilon"]) == 3]
+        if library == "dpledger" and figure == "epsilon":  # the headline rows are points too
+            points += headline
         points.sort(key=lambda r: r[x_key])
         if points:
             ax.plot([r[x_key] for r in points], [r["test_accuracy"] for r in points], marker,
