@@ -80,6 +80,10 @@ COMMANDS: dict[str, CommandEntry] = {
     "dataset": CommandEntry("app.cli", "Datasets and their budgets."),
     "token": CommandEntry("app.cli", "API tokens."),
     "ledger": CommandEntry("app.cli", "The append-only ledger."),
+    "data": CommandEntry(
+        "dpledger.data_cli",
+        "Get and verify the seeds' public datasets (MNIST, Fashion-MNIST, CIFAR-10) as files.",
+    ),
 }
 
 _loaded: dict[str, click.Command] = {}

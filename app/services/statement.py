@@ -41,8 +41,8 @@ from dp_core.statement import (
     PrivacyStatement,
     build_privacy_statement,
     render_privacy_statement,
-    steps_per_epoch,
     reproducible_noise_note,
+    steps_per_epoch,
 )
 
 #: The most FFT points one PLD composition may use (about 0.5 s of CPU on 2 cores); beyond it the grid is

@@ -142,7 +142,11 @@ def train(
     ] = "digits",
     model: Annotated[
         str,
-        typer.Option(help="mlp, cnn (TF Privacy's tutorial CNN, 28x28) or vgg (GroupNorm, 32x32)."),
+        typer.Option(
+            help="mlp, cnn (TF Privacy's tutorial CNN, 28x28), vgg (GroupNorm, 32x32), or "
+            "scatternet-linear / scatternet-cnn (fixed ScatterNet features, then a linear or "
+            "small CNN head: Tramer & Boneh 2021)."
+        ),
     ] = "mlp",
     epochs: Annotated[int, typer.Option(min=1, help="Planned epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Expected (Poisson) batch size qN.")] = 256,

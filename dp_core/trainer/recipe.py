@@ -40,6 +40,7 @@ from dp_core.trainer.class_sampling import (
     parse_class_sample_rates,
 )
 from dp_core.trainer.data import load_data
+from dp_core.trainer.features import features_for_model
 from dp_core.trainer.guards import (
     calibrate_group_noise_multiplier,
     class_weighted_loss,
@@ -396,7 +397,7 @@ def _train(
     if config.reproducible_noise and (not distributed or dist.get_rank() == 0):
         warn_reproducible_noise(config.seed)
     torch.manual_seed(config.seed)  # public randomness only: model init (the split: load_data)
-    data = load_data(config.data, seed=config.seed)
+    data = features_for_model(config.model, load_data(config.data, seed=config.seed))
     model = build_model(
         config.model,
         image_size=data.image_size,
