@@ -82,7 +82,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "ledger": CommandEntry("app.cli", "The append-only ledger."),
     "data": CommandEntry(
         "dpledger.data_cli",
-        "Get and verify the seeds' public datasets (MNIST, Fashion-MNIST, CIFAR-10) as files.",
+        "Get the real data sets (MNIST, Fashion-MNIST, CIFAR-10), verified by checksum.",
     ),
 }
 

@@ -215,6 +215,7 @@ USAGE_ERRORS = {
         "5",
     ],  # fmt: skip
     "serve": ["serve"],  # DPLEDGER_BOOTSTRAP_TOKEN too weak (set below)
+    "data": ["data", "get", "bogus", "--dir", "/nonexistent/data"],
     "train": ["train", "--data", "nowhere:/x", "--epochs", "1", "--noise-multiplier", "1"],
     "audit": [
         "audit",
