@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,trainer,opacus,federated,docs]"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev,trainer,opacus,federated,docs,bench]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -18,7 +18,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.integration.conftest import ADMIN_TOKEN, _postgres_base_url, postgres_schema_url
 from tests.integration.faults import TcpProxy, upstream_of, via_proxy
-from tests.integration.server import _SERVE, ROOT, Server, free_port
+from tests.integration.server import ROOT, Server, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +55,8 @@ def test_serve_exits_2_with_one_line_on_a_schema_behind_head(database_url):
         "PATH": "/usr/bin:/bin",
     }
     done = subprocess.run(
-        [sys.executable, "-c", _SERVE, "serve", "--port", str(free_port())],
+        # Through the real root command: its one mapping turns the refusal into exit 2.
+        [sys.executable, "-m", "dpledger", "serve", "--port", str(free_port())],
         cwd=ROOT,
         env=env,
         capture_output=True,

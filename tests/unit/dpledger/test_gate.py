@@ -89,7 +89,7 @@ def test_the_gate_registers_the_exact_mechanism_charges_and_finishes(ledger):
 
 
 def test_refusals_are_decisions_with_the_services_reason(ledger):
-    token = _dataset(ledger, epsilon=2.0)
+    token = _dataset(ledger, epsilon=8.0)
     big = dataclasses.replace(
         PLAN, epochs=200, schedule=NoiseSchedule(kind="constant", noise_multiplier=1.2)
     )

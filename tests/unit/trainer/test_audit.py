@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from dp_core.trainer.audit import (
@@ -17,7 +16,6 @@ from dp_core.trainer.audit import (
 )
 from dp_core.trainer.loop import DPTrainer
 from dp_core.trainer.per_sample import per_sample_gradients
-from dpledger.audit_cli import register
 
 KEYS = {"epsilon_theoretical", "epsilon_lower_bound", "confidence", "canaries"}
 
@@ -93,14 +91,10 @@ def test_private_run_bound_stays_below_theory(seed, kind):
 
 
 def _app():
-    app = typer.Typer()
+    """The real root command: errors go through its one mapping to exit codes."""
+    from dpledger.cli import cli
 
-    @app.callback()
-    def root():
-        pass
-
-    register(app)
-    return app
+    return cli
 
 
 def test_cli_json_has_the_contract_keys():
